@@ -117,7 +117,9 @@ def serialize_video(
   example = tf.train.SequenceExample(
       context=tf.train.Features(feature=context),
       feature_lists=tf.train.FeatureLists(feature_list={IMAGE_KEY: frames}))
-  return example.SerializeToString()
+  # Deterministic: map fields (context, feature_lists) in key order, so equal inputs give equal
+  # bytes in every process and the builder's shards are reproducible.
+  return example.SerializeToString(deterministic=True)
 
 
 # Only `image/encoded` is required: the reference release's own records carry nothing but the

@@ -1,0 +1,164 @@
+r"""Builds sharded TFRecords of JPEG frames from raw labelled videos.
+
+Kinetics (annotation CSVs + downloaded clips, flat per split or in per-label folders):
+  python dataset_tools/build_tfrecords.py \
+      --csv=kinetics400/train.csv,kinetics400/validate.csv \
+      --video_dir=kinetics400/videos --output_dir=/data/k400_tfrecords
+
+A folder per class (UCF-101, HMDB-51, your own):
+  python dataset_tools/build_tfrecords.py --class_dirs=UCF-101 --split=train \
+      --output_dir=/data/ucf101_tfrecords
+
+A list of files (`path,label[,split]` rows, paths relative to --video_dir or the list's folder):
+  python dataset_tools/build_tfrecords.py --file_list=ucf101_split1.csv --output_dir=...
+
+Writes `{split}-{i:05d}-of-{n:05d}.tfrecord`, `label_map.txt`, `dataset_info.json` and
+`failures.csv` into --output_dir. Re-running the same command resumes where it stopped.
+Add --dry_run first to see what the build will cost.
+"""
+
+import os
+import sys
+
+# Run as a script, the repository root is not on sys.path; the package may not be installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+
+from dataset_tools import annotations
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("csv", None, "Kinetics annotation CSV(s): label,youtube_id,time_start,"
+                  "time_end,split[,is_cc]; needs --video_dir.")
+flags.DEFINE_string("video_dir", None, "Root of the downloaded clips (--csv), or of the paths in "
+                    "--file_list (default: the list's folder). Searched recursively.")
+flags.DEFINE_string("class_dirs", None, "A folder of label folders: DIR/<label>/<video>.")
+flags.DEFINE_string("file_list", None, "CSV of path,label[,split] rows (optional header).")
+flags.DEFINE_string("split", "train", "Split name for --class_dirs, and for --file_list rows "
+                    "without a split.")
+flags.DEFINE_string("output_dir", None, "Where shards, label_map.txt, dataset_info.json and "
+                    "failures.csv go.")
+flags.DEFINE_float("fps", 25.0, "Stored frame rate: frames are taken on a constant 1/fps grid.")
+flags.DEFINE_integer("short_side", 256, "Stored short side in pixels (0 keeps the source size).")
+flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality, 1..100.")
+flags.DEFINE_integer("num_shards", None, "Shards per split (default: ~150 MB per shard, "
+                     "estimated from the clip durations).")
+flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores).")
+flags.DEFINE_string("label_map", None, "Reuse this label_map.txt (one label per line) instead "
+                    "of building one from the training labels.")
+flags.DEFINE_float("timeout_s", 300.0, "Give up on a video whose decoding takes longer "
+                   "(0: no limit).")
+flags.DEFINE_float("max_failure_fraction", 0.15, "Exit non-zero when more than this fraction "
+                   "of the listed videos failed (Kinetics typically misses 5-10%).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing build in --output_dir.")
+flags.DEFINE_bool("dry_run", False, "Decode a sample, estimate output size and time, write "
+                  "nothing.")
+
+
+def _read_entries():
+  modes = [name for name in ("csv", "class_dirs", "file_list") if FLAGS[name].value]
+  if len(modes) != 1:
+    raise app.UsageError(f"give exactly one of --csv, --class_dirs, --file_list (got "
+                         f"{', '.join('--' + m for m in modes) or 'none'})")
+  if FLAGS.csv:
+    if not FLAGS.video_dir:
+      raise app.UsageError("--csv needs --video_dir, the folder holding the downloaded clips")
+    for path in FLAGS.csv:
+      if not os.path.isfile(path):
+        raise app.UsageError(f"--csv: {path!r} is not a file")
+    index = annotations.index_videos(FLAGS.video_dir)
+    entries = [e for path in FLAGS.csv
+               for e in annotations.read_kinetics_csv(path, FLAGS.video_dir, index)]
+  elif FLAGS.class_dirs:
+    entries = annotations.read_class_dirs(FLAGS.class_dirs, FLAGS.split)
+  else:
+    if not os.path.isfile(FLAGS.file_list):
+      raise app.UsageError(f"--file_list: {FLAGS.file_list!r} is not a file")
+    root = FLAGS.video_dir or os.path.dirname(os.path.abspath(FLAGS.file_list))
+    entries = annotations.read_file_list(FLAGS.file_list, root, FLAGS.split)
+  return annotations.mark_duplicates(entries)
+
+
+def _size(num_bytes: float) -> str:
+  for unit in ("B", "KB", "MB", "GB", "TB"):
+    if num_bytes < 1024 or unit == "TB":
+      return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+    num_bytes /= 1024
+
+
+def _print_dry_run(estimate: dict, num_workers: int) -> None:
+  print(f"videos listed           {estimate['videos_listed']}")
+  print(f"unusable before decode  {estimate['videos_unusable_before_decoding']} "
+        "(missing files, bad ids)")
+  print(f"sample decoded          {estimate['sampled']} ({estimate['sample_failures']} failed)")
+  print(f"frames per video        {estimate['mean_frames_per_video']:.0f}")
+  print(f"size per video          {_size(estimate['mean_bytes_per_video'])}")
+  print(f"estimated output        {_size(estimate['estimated_total_bytes'])}")
+  hours = estimate["estimated_seconds"] / 3600
+  print(f"estimated time          {hours:.2f} h with {num_workers} worker(s)")
+
+
+def _print_summary(report, output_dir: str) -> None:
+  header = f"{'split':<12}{'videos':>9}{'failed':>9}{'partial':>9}{'frames':>12}{'size':>11}{'shards':>8}"
+  print(header)
+  print("-" * len(header))
+  for split, shards in sorted(report.summaries.items()):
+    failed = sum(len(s.failures) for s in shards)
+    partial = sum(len(s.partial) for s in shards)
+    print(f"{split:<12}{sum(s.videos for s in shards):>9}{failed:>9}{partial:>9}"
+          f"{sum(s.frames for s in shards):>12}{_size(sum(s.bytes for s in shards)):>11}"
+          f"{len(shards):>8}")
+  if report.skipped_shards:
+    print(f"resumed: {report.skipped_shards} shard(s) were already complete")
+  if report.videos_decoded:
+    print(f"decoded {report.videos_decoded} videos in {report.seconds:.1f} s "
+          f"({report.videos_decoded / max(report.seconds, 1e-9):.1f} videos/s)")
+  print(f"outputs in {output_dir}; failures listed in "
+        f"{os.path.join(output_dir, 'failures.csv')}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.output_dir and not FLAGS.dry_run:
+    raise app.UsageError("--output_dir is required")
+  try:
+    entries = _read_entries()
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only writes TFRecords here
+  # Imported here, not at the top: the decode workers are spawned processes that re-import this
+  # script, and must not load TensorFlow (seconds and hundreds of MB per worker).
+  from cvrl_tf import schema
+  from dataset_tools import builder
+
+  settings = builder.BuildSettings(fps=FLAGS.fps, short_side=FLAGS.short_side,
+                                   jpeg_quality=FLAGS.jpeg_quality)
+  num_workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
+  try:
+    label_map = schema.read_label_map(FLAGS.label_map) if FLAGS.label_map else None
+    if FLAGS.dry_run:
+      estimate = builder.dry_run(entries, settings, num_workers=num_workers,
+                                 timeout_s=FLAGS.timeout_s)
+      _print_dry_run(estimate, num_workers)
+      return 0
+    report = builder.build(
+        entries, FLAGS.output_dir, settings, num_shards=FLAGS.num_shards,
+        num_workers=num_workers, timeout_s=FLAGS.timeout_s, label_map=label_map,
+        overwrite=FLAGS.overwrite)
+  except (builder.BuildError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  _print_summary(report, FLAGS.output_dir)
+  if report.failure_fraction > FLAGS.max_failure_fraction:
+    print(f"error: {report.failures_this_run} of {report.entries_this_run} videos failed "
+          f"({report.failure_fraction:.1%}), more than --max_failure_fraction="
+          f"{FLAGS.max_failure_fraction}; see failures.csv", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,490 @@
+"""Plans and writes TFRecord shards from `VideoEntry` lists: deterministic, resumable, robust.
+
+1) Plan: per split, entries sorted by key, shuffled with a fixed seed (so a shard mixes classes
+   even when the annotations are sorted by label) and cut into `num_shards` contiguous chunks.
+   The plan depends only on the inputs and flags, never on timing or worker count.
+2) Decode: PyAV in `num_workers` spawned processes (pebble kills a worker whose video overruns
+   `timeout_s`); results are consumed in plan order, so the bytes are the same whatever finishes
+   first.
+3) Write: each shard goes to a hidden temporary file and is renamed when complete, after its
+   summary (counts, failures) was saved under `.build_state/`. A re-run skips every shard whose
+   file and summary exist; a killed run leaves at worst a temporary file, rebuilt next time.
+"""
+
+import concurrent.futures
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import pebble
+import tensorflow as tf
+import tqdm
+
+import cvrl_tf
+from cvrl_tf import schema
+from dataset_tools.annotations import VideoEntry
+from dataset_tools.video_decode import (DecodedVideo, VideoDecodeError, decode_video,
+                                       duration_us_at, timed_decode_video)
+
+STATE_DIR = ".build_state"
+PLAN_SEED = 20210619
+TARGET_SHARD_BYTES = 150 * 2**20   # TF's guidance: shards of 100-200 MB read well
+MAX_VIDEO_BYTES = 1 << 30           # a SequenceExample must stay well under protobuf's 2 GB
+# Measured on Kinetics-like clips at quality 90: ~0.2 bytes of JPEG per pixel.
+JPEG_BYTES_PER_PIXEL = 0.2
+DEFAULT_CLIP_SECONDS = 10.0
+
+
+class BuildError(Exception):
+  """A problem with the inputs or the output directory; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+  """Everything that changes the bytes of a shard."""
+  fps: float = 25.0
+  short_side: int = 256
+  jpeg_quality: int = 90
+
+  def validate(self) -> None:
+    if not self.fps > 0:
+      raise BuildError(f"--fps must be > 0, got {self.fps}")
+    if self.short_side < 0:
+      raise BuildError(f"--short_side must be >= 0 (0 keeps the source size), got {self.short_side}")
+    if not 1 <= self.jpeg_quality <= 100:
+      raise BuildError(f"--jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+  split: str
+  index: int
+  num_shards: int
+  entries: tuple
+
+  @property
+  def name(self) -> str:
+    return schema.shard_name(self.split, self.index, self.num_shards)
+
+
+@dataclasses.dataclass
+class ShardSummary:
+  """What a shard holds; saved beside it so that a resumed run can report the whole build."""
+  name: str
+  split: str
+  videos: int = 0
+  frames: int = 0
+  bytes: int = 0
+  failures: list = dataclasses.field(default_factory=list)   # [key, reason, detail]
+  partial: list = dataclasses.field(default_factory=list)    # [key, detail]
+
+
+def estimate_video_bytes(entry: VideoEntry, settings: BuildSettings) -> float:
+  seconds = DEFAULT_CLIP_SECONDS
+  if entry.end_us is not None and entry.end_us > entry.start_us:
+    seconds = (entry.end_us - entry.start_us) / 1e6
+  short = settings.short_side or 256
+  return seconds * settings.fps * short * short * 16 / 9 * JPEG_BYTES_PER_PIXEL
+
+
+def default_num_shards(entries: Sequence[VideoEntry], settings: BuildSettings) -> int:
+  """About TARGET_SHARD_BYTES per shard, estimated from clip durations; at most one per video."""
+  estimate = sum(estimate_video_bytes(e, settings) for e in entries)
+  return max(1, min(len(entries), math.ceil(estimate / TARGET_SHARD_BYTES)))
+
+
+def plan_split(entries: Sequence[VideoEntry], num_shards: int) -> List[ShardPlan]:
+  """Cuts one split's entries into shards; the same entries always give the same shards."""
+  ordered = sorted(entries, key=lambda e: e.key)
+  random.Random(PLAN_SEED).shuffle(ordered)
+  n = len(ordered)
+  return [ShardPlan(ordered[0].split if ordered else "", i, num_shards,
+                    tuple(ordered[i * n // num_shards:(i + 1) * n // num_shards]))
+          for i in range(num_shards)]
+
+
+def make_label_map(entries: Sequence[VideoEntry], given: Optional[Sequence[str]]) -> List[str]:
+  """The label map: `given` if any (checked to cover every label), else sorted training labels.
+
+  Labels come from the "train" split when it has labels, otherwise from every labelled entry; one
+  map is used for every split (a map per split would give the same class different indices).
+  """
+  labels = {e.label for e in entries if e.label is not None}
+  if given is not None:
+    unknown = sorted(labels - set(given))
+    if unknown:
+      raise BuildError(
+          f"{len(unknown)} label(s) are not in the label map given with --label_map, e.g. "
+          f"{unknown[:5]}; add them to the map or drop --label_map to build a new one")
+    return list(given)
+  train = {e.label for e in entries if e.label is not None and e.split == "train"}
+  label_map = schema.build_label_map(train or labels)
+  missing = sorted(labels - set(label_map))
+  if missing:
+    raise BuildError(
+        f"label(s) {missing[:5]} occur outside the training split but not in it; build the "
+        "training split first and pass its label_map.txt with --label_map, or fix the annotations")
+  return label_map
+
+
+def _digest(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _plan_fingerprint(shards: Sequence[ShardPlan]) -> str:
+  return _digest([[s.name, [[e.key, e.relative_path, e.label, e.start_us, e.end_us, e.problem]
+                            for e in s.entries]] for s in shards])
+
+
+def _state_path(output_dir: str, name: str) -> str:
+  return os.path.join(output_dir, STATE_DIR, name)
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _write_json(path: str, obj) -> None:
+  schema.atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _our_outputs(output_dir: str) -> List[str]:
+  names = [schema.LABEL_MAP_FILE, schema.DATASET_INFO_FILE, schema.FAILURES_FILE, STATE_DIR]
+  paths = [os.path.join(output_dir, n) for n in names]
+  paths += glob.glob(os.path.join(output_dir, "*-?????-of-?????.tfrecord"))
+  paths += glob.glob(os.path.join(output_dir, ".*-?????-of-?????.tfrecord.tmp"))
+  return sorted(p for p in paths if os.path.lexists(p))
+
+
+def remove_outputs(output_dir: str) -> None:
+  """--overwrite: removes the builder's own files only; anything else in the folder stays."""
+  for path in _our_outputs(output_dir):
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+
+
+def check_output_dir(output_dir: str, settings: BuildSettings, label_map: Sequence[str],
+                     plans: Dict[str, List[ShardPlan]]) -> None:
+  """Refuses to mix this build with a different one already in `output_dir`.
+
+  A folder holding the same build (same settings, label map and per-split plan) is resumed; one
+  holding anything else of ours needs --overwrite or another --output_dir.
+  """
+  hint = "pass --overwrite to replace it, or choose another --output_dir"
+  settings_path = _state_path(output_dir, "settings.json")
+  ours = _our_outputs(output_dir)
+  if ours and not os.path.exists(settings_path):
+    raise BuildError(f"{output_dir} already holds {os.path.basename(ours[0])} from another "
+                     f"build or tool; {hint}")
+  if os.path.exists(settings_path):
+    stored = _read_json(settings_path)
+    if stored != dataclasses.asdict(settings):
+      raise BuildError(f"{output_dir} was built with {stored}, not {dataclasses.asdict(settings)}; "
+                       f"{hint}")
+  label_path = os.path.join(output_dir, schema.LABEL_MAP_FILE)
+  if os.path.exists(label_path) and schema.read_label_map(label_path) != list(label_map):
+    raise BuildError(f"{label_path} differs from this build's label map; reuse it with "
+                     f"--label_map={label_path}, or {hint}")
+  for split, shards in plans.items():
+    plan_path = _state_path(output_dir, f"{split}.plan.json")
+    if os.path.exists(plan_path):
+      if _read_json(plan_path)["fingerprint"] != _plan_fingerprint(shards):
+        raise BuildError(f"split {split!r} in {output_dir} was built from other videos or with "
+                         f"another --num_shards; {hint}")
+    else:
+      stray = glob.glob(os.path.join(output_dir, glob.escape(split) + "-?????-of-?????.tfrecord"))
+      if stray:
+        raise BuildError(f"{output_dir} already holds {os.path.basename(stray[0])}; {hint}")
+
+
+def _shard_is_complete(output_dir: str, shard: ShardPlan) -> bool:
+  return (os.path.exists(os.path.join(output_dir, shard.name))
+          and os.path.exists(_state_path(output_dir, shard.name + ".json")))
+
+
+class _Decoder:
+  """Decodes entries in a worker pool, handing results back in submission order."""
+
+  def __init__(self, settings: BuildSettings, num_workers: int, timeout_s: Optional[float],
+               task=decode_video):
+    # Workers get plain values and a function of video_decode.py: unpickling anything of this
+    # module would import TensorFlow in every worker.
+    self._task = task
+    self._kwargs = dataclasses.asdict(settings)
+    self._timeout = timeout_s if timeout_s and timeout_s > 0 else None
+    # spawn: workers must not inherit TensorFlow's threads (the parent writes TFRecords).
+    self._pool = pebble.ProcessPool(max_workers=num_workers,
+                                    context=multiprocessing.get_context("spawn"))
+    self._window = 4 * num_workers
+
+  def close(self) -> None:
+    self._pool.stop()
+    self._pool.join()
+
+  def decode_in_order(self, entries: Sequence[VideoEntry]):
+    """Yields (entry, DecodedVideo | VideoDecodeError) in the order of `entries`."""
+    futures = {}
+    next_submit = 0
+
+    def submit_until(limit):
+      nonlocal next_submit
+      while next_submit < min(limit, len(entries)):
+        entry = entries[next_submit]
+        if entry.problem is None:
+          futures[next_submit] = self._pool.schedule(
+              self._task, args=(entry.path,), kwargs=self._kwargs, timeout=self._timeout)
+        next_submit += 1
+
+    for i, entry in enumerate(entries):
+      submit_until(i + self._window)
+      if entry.problem is not None:
+        yield entry, VideoDecodeError(entry.problem, entry.detail)
+        continue
+      future = futures.pop(i)
+      try:
+        yield entry, future.result()
+      except VideoDecodeError as e:
+        yield entry, e
+      except concurrent.futures.TimeoutError:
+        yield entry, VideoDecodeError("timeout", f"{entry.path}: decoding took over "
+                                                 f"{self._timeout} s (--timeout_s)")
+      except pebble.ProcessExpired as e:
+        yield entry, VideoDecodeError("worker_crashed", f"{entry.path}: the decoder process "
+                                                        f"died (exit code {e.exitcode})")
+      except Exception as e:  # a bug or an FFmpeg error we did not foresee: report, go on
+        yield entry, VideoDecodeError("decode_error", f"{entry.path}: {type(e).__name__}: {e}")
+
+
+def _serialize(entry: VideoEntry, video: DecodedVideo, settings: BuildSettings,
+               label_map: Dict[str, int]) -> bytes:
+  duration = duration_us_at(len(video.jpegs), settings.fps)
+  end_us = entry.end_us if entry.end_us is not None else entry.start_us + duration
+  labelled = entry.label is not None
+  return schema.serialize_video(
+      video.jpegs, video_id=entry.key, filename=entry.relative_path, fps=settings.fps,
+      height=video.height, width=video.width, start_us=entry.start_us, end_us=end_us,
+      label_index=label_map[entry.label] if labelled else None,
+      label_text=entry.label if labelled else None)
+
+
+def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSettings,
+                label_map: Dict[str, int], on_video=None) -> ShardSummary:
+  """Writes one shard from (entry, result) pairs; renames it into place only when complete."""
+  summary = ShardSummary(name=shard.name, split=shard.split)
+  tmp_path = os.path.join(output_dir, f".{shard.name}.tmp")
+  with tf.io.TFRecordWriter(tmp_path) as writer:
+    for entry, result in results:
+      if isinstance(result, DecodedVideo) and sum(map(len, result.jpegs)) > MAX_VIDEO_BYTES:
+        result = VideoDecodeError("too_large", f"{entry.path}: over {MAX_VIDEO_BYTES >> 20} MB "
+                                               "of JPEG frames; lower --fps or trim the video")
+      if isinstance(result, VideoDecodeError):
+        summary.failures.append([entry.key, result.reason, result.detail])
+      else:
+        writer.write(_serialize(entry, result, settings, label_map))
+        summary.videos += 1
+        summary.frames += len(result.jpegs)
+        if result.partial_error:
+          summary.partial.append([entry.key, result.partial_error])
+      if on_video:
+        on_video(isinstance(result, VideoDecodeError))
+  summary.bytes = os.path.getsize(tmp_path)
+  _write_json(_state_path(output_dir, shard.name + ".json"), dataclasses.asdict(summary))
+  os.replace(tmp_path, os.path.join(output_dir, shard.name))
+  return summary
+
+
+def dataset_info(settings: BuildSettings, label_map: Sequence[str],
+                 summaries: Dict[str, List[ShardSummary]]) -> dict:
+  """The content of dataset_info.json (no timings: equal builds give equal files)."""
+  splits = {}
+  for split, shards in sorted(summaries.items()):
+    failures: Dict[str, int] = {}
+    for shard in shards:
+      for _, reason, _ in shard.failures:
+        failures[reason] = failures.get(reason, 0) + 1
+    splits[split] = {
+        "num_shards": len(shards),
+        "shard_pattern": schema.shard_pattern(split),
+        "videos": sum(s.videos for s in shards),
+        "frames": sum(s.frames for s in shards),
+        "bytes": sum(s.bytes for s in shards),
+        "failures": dict(sorted(failures.items())),
+        "partial_decodes": sorted(p for s in shards for p in s.partial),
+    }
+  return {
+      "format": schema.FORMAT_NAME,
+      "library_version": cvrl_tf.__version__,
+      "settings": {**dataclasses.asdict(settings), "image_format": "jpeg",
+                   "frame_grid": "constant rate: stored frame i shows time i / fps"},
+      "label_map": schema.LABEL_MAP_FILE,
+      "num_classes": len(label_map),
+      "splits": splits,
+  }
+
+
+def failures_csv(summaries: Dict[str, List[ShardSummary]]) -> str:
+  import csv
+  import io
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(["split", "id_or_path", "reason", "detail"])
+  for split, shards in sorted(summaries.items()):
+    for shard in shards:
+      for key, reason, detail in shard.failures:
+        writer.writerow([split, key, reason, detail])
+  return buffer.getvalue()
+
+
+def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
+  """Summaries of every complete shard in `output_dir`, all splits (earlier runs included)."""
+  by_split: Dict[str, List[ShardSummary]] = {}
+  for path in sorted(glob.glob(_state_path(output_dir, "*.tfrecord.json"))):
+    name = os.path.basename(path)[:-len(".json")]
+    if os.path.exists(os.path.join(output_dir, name)):
+      summary = ShardSummary(**_read_json(path))
+      by_split.setdefault(summary.split, []).append(summary)
+  return by_split
+
+
+@dataclasses.dataclass
+class BuildReport:
+  summaries: Dict[str, List[ShardSummary]]
+  entries_this_run: int        # entries of the splits named in this build
+  failures_this_run: int
+  videos_decoded: int          # decoded in this process (0 when everything was resumed)
+  seconds: float
+  skipped_shards: int
+
+  @property
+  def failure_fraction(self) -> float:
+    return self.failures_this_run / max(1, self.entries_this_run)
+
+
+def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
+          num_shards: Optional[int], num_workers: int, timeout_s: Optional[float],
+          label_map: Optional[Sequence[str]], overwrite: bool, progress: bool = True) -> BuildReport:
+  """Builds (or resumes) the shards of every split in `entries` under `output_dir`."""
+  settings.validate()
+  if num_shards is not None and num_shards < 1:
+    raise BuildError(f"--num_shards must be >= 1, got {num_shards}")
+  if num_workers < 1:
+    raise BuildError(f"--num_workers must be >= 1, got {num_workers}")
+  if not entries:
+    raise BuildError("the inputs list no videos")
+  for split in {e.split for e in entries}:
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", split):
+      raise BuildError(f"split name {split!r} cannot name shard files; use letters, digits, "
+                       "'_' or '.'")
+  labels = make_label_map(entries, label_map)
+  by_split: Dict[str, List[VideoEntry]] = {}
+  for entry in entries:
+    by_split.setdefault(entry.split, []).append(entry)
+  plans = {split: plan_split(group, num_shards or default_num_shards(group, settings))
+           for split, group in sorted(by_split.items())}
+
+  os.makedirs(output_dir, exist_ok=True)
+  if overwrite:
+    remove_outputs(output_dir)
+  check_output_dir(output_dir, settings, labels, plans)
+  os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
+  _write_json(_state_path(output_dir, "settings.json"), dataclasses.asdict(settings))
+  schema.atomic_write_bytes(os.path.join(output_dir, schema.LABEL_MAP_FILE),
+                            schema.format_label_map(labels).encode())
+  for split, shards in plans.items():
+    _write_json(_state_path(output_dir, f"{split}.plan.json"),
+                {"fingerprint": _plan_fingerprint(shards), "num_shards": len(shards)})
+
+  all_shards = [s for shards in plans.values() for s in shards]
+  todo = [s for s in all_shards if not _shard_is_complete(output_dir, s)]
+  label_index = {label: i for i, label in enumerate(labels)}
+  start = time.monotonic()
+  decoded = 0
+  if todo:
+    # In a log file (CI, nohup) a bar redrawn ten times a second is noise: redraw every 15 s.
+    interactive = sys.stderr.isatty()
+    bar = tqdm.tqdm(total=sum(len(s.entries) for s in todo), unit="video", disable=not progress,
+                    dynamic_ncols=True, desc="building", mininterval=0.2 if interactive else 15)
+    failed = 0
+
+    def on_video(is_failure):
+      nonlocal failed, decoded
+      decoded += 1
+      failed += is_failure
+      bar.update(1)
+      bar.set_postfix(failed=failed, refresh=False)
+
+    decoder = _Decoder(settings, num_workers, timeout_s)
+    try:
+      results = decoder.decode_in_order([e for s in todo for e in s.entries])
+      for shard in todo:
+        shard_results = (next(results) for _ in shard.entries)
+        write_shard(output_dir, shard, shard_results, settings, label_index, on_video)
+    finally:
+      decoder.close()
+      bar.close()
+
+  summaries = _load_summaries(output_dir)
+  _write_json(os.path.join(output_dir, schema.DATASET_INFO_FILE),
+              dataset_info(settings, labels, summaries))
+  schema.atomic_write_bytes(os.path.join(output_dir, schema.FAILURES_FILE),
+                            failures_csv(summaries).encode())
+  this_run = [s for split in plans for s in summaries.get(split, [])]
+  return BuildReport(
+      summaries=summaries,
+      entries_this_run=len(entries),
+      failures_this_run=sum(len(s.failures) for s in this_run),
+      videos_decoded=decoded,
+      seconds=time.monotonic() - start,
+      skipped_shards=len(all_shards) - len(todo))
+
+
+def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_workers: int,
+            timeout_s: Optional[float], sample_size: int = 8) -> dict:
+  """Decodes an evenly spread sample and extrapolates size and time; writes nothing."""
+  settings.validate()
+  candidates = sorted((e for e in entries if e.problem is None), key=lambda e: (e.split, e.key))
+  step = max(1, len(candidates) // max(1, sample_size))
+  sample = candidates[::step][:sample_size]
+  decoder = _Decoder(settings, num_workers, timeout_s, task=timed_decode_video)
+  sizes, frames, seconds, failures = [], [], [], 0
+  try:
+    for _, result in decoder.decode_in_order(sample):
+      if isinstance(result, VideoDecodeError):
+        failures += 1
+        continue
+      result, decode_seconds = result
+      seconds.append(decode_seconds)
+      # Serialized size ~ JPEG bytes plus a few dozen bytes of framing per frame.
+      sizes.append(sum(map(len, result.jpegs)) + 32 * len(result.jpegs))
+      frames.append(len(result.jpegs))
+  finally:
+    decoder.close()
+  usable = sum(e.problem is None for e in entries)
+  ok_fraction = (len(sizes) / len(sample)) if sample else 0.0
+  expected_ok = usable * ok_fraction
+  mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+  return {
+      "videos_listed": len(entries),
+      "videos_unusable_before_decoding": len(entries) - usable,
+      "sampled": len(sample),
+      "sample_failures": failures,
+      "mean_frames_per_video": mean(frames),
+      "mean_bytes_per_video": mean(sizes),
+      "estimated_total_bytes": mean(sizes) * expected_ok,
+      "estimated_total_frames": mean(frames) * expected_ok,
+      "seconds_per_video_one_worker": mean(seconds),
+      "estimated_seconds": mean(seconds) * usable / max(1, num_workers),
+  }

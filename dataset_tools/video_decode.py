@@ -1,0 +1,218 @@
+"""Decodes one video file into JPEG frames on a constant-rate grid, with PyAV.
+
+This module runs inside the builder's worker processes: it imports PyAV, Pillow and NumPy only
+(no TensorFlow, which would cost every worker seconds of start-up and hundreds of MB).
+
+Frame selection follows presentation time, as ffmpeg's `fps` filter does: a source frame with
+presentation time t (seconds after the first frame) lands on grid slot round(t * fps), and slot k
+stores the last frame that landed on a slot <= k. A slower source therefore repeats frames, a
+faster one drops them, and timestamps jittered by less than half a slot still map one to one.
+Header frame counts and durations are never trusted: the grid ends where the last decoded frame
+stops being shown.
+"""
+
+import dataclasses
+import io
+import math
+import os
+import time
+from fractions import Fraction
+from typing import List, Optional
+
+import av
+import numpy as np
+from PIL import Image
+
+
+class VideoDecodeError(Exception):
+  """A video that yields no frames. `reason` is a short code for failures.csv."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(f"{reason}: {detail}")
+    self.reason = reason
+    self.detail = detail
+
+  def __reduce__(self):
+    # Raised in a worker process and re-raised in the builder: pickle by (reason, detail).
+    return VideoDecodeError, (self.reason, self.detail)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedVideo:
+  """JPEG frames on the `fps` grid plus what was learned about the source."""
+  jpegs: List[bytes]        # [T] one JPEG per grid slot; repeated slots share equal bytes
+  height: int               # stored frame size, after rotation and resizing
+  width: int
+  source_frames: int        # frames actually decoded from the file
+  source_width: int         # coded size, before rotation
+  source_height: int
+  rotation: int             # counter-clockwise degrees applied (0, 90, 180, 270)
+  partial_error: Optional[str]  # decode error after which the frames so far were kept
+
+
+def duration_us_at(num_frames: int, fps: float) -> int:
+  """Microseconds spanned by `num_frames` stored at `fps`."""
+  return int(round(num_frames * 1_000_000 / fps))
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple:
+  """(width, height) with the short side scaled to `short_side` (0 keeps the size), at least 1."""
+  if short_side <= 0:
+    return width, height
+  scale = short_side / min(width, height)
+  if width <= height:
+    return short_side, max(1, int(round(height * scale)))
+  return max(1, int(round(width * scale))), short_side
+
+
+def grid_slot(seconds: Fraction, fps: Fraction) -> int:
+  """The grid slot a frame shown at `seconds` lands on: round half up of seconds * fps."""
+  return math.floor(seconds * fps + Fraction(1, 2))
+
+
+def _normalised_rotation(degrees) -> int:
+  # PyAV reports the display matrix as a counter-clockwise angle in (-180, 180]; phone clips are
+  # multiples of 90. Anything else (a skew) cannot be honoured with a lossless rotation.
+  rotation = int(round(float(degrees or 0))) % 360
+  return rotation if rotation in (0, 90, 180, 270) else 0
+
+
+class _FrameEncoder:
+  """Resizes, rotates and JPEG-encodes decoded frames; remembers the last result for repeats."""
+
+  def __init__(self, short_side: int, jpeg_quality: int):
+    self._short_side = short_side
+    self._quality = jpeg_quality
+    self.height = self.width = 0
+
+  def encode(self, frame: av.VideoFrame, rotation: int) -> bytes:
+    # Resize in swscale before rotating: a quarter turn swaps which side is short.
+    upright_w, upright_h = ((frame.height, frame.width) if rotation in (90, 270)
+                            else (frame.width, frame.height))
+    out_w, out_h = output_size(upright_w, upright_h, self._short_side)
+    coded_w, coded_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
+    rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24",
+                         interpolation="BICUBIC").to_ndarray()  # [H, W, 3] uint8
+    if rotation:
+      rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))  # counter-clockwise
+    self.height, self.width = rgb.shape[:2]
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=self._quality)
+    return buffer.getvalue()
+
+
+def _open(path: str):
+  if not os.path.exists(path):
+    raise VideoDecodeError("missing_file", f"{path} does not exist")
+  if os.path.isdir(path):
+    raise VideoDecodeError("not_a_video", f"{path} is a directory")
+  if os.path.getsize(path) == 0:
+    raise VideoDecodeError("empty_file", f"{path} is 0 bytes")
+  try:
+    container = av.open(path, metadata_errors="ignore")
+  except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+    raise VideoDecodeError("unreadable", f"{path}: FFmpeg cannot open it ({e})") from e
+  if not container.streams.video:
+    kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+    container.close()
+    reason = "audio_only" if kinds == ["audio"] else "no_video_stream"
+    raise VideoDecodeError(reason, f"{path} has no video stream (found: {', '.join(kinds)})")
+  return container
+
+
+def _announced_seconds(container, stream) -> Optional[float]:
+  if stream.duration and stream.time_base:
+    return float(stream.duration * stream.time_base)
+  if container.duration:
+    return container.duration / 1_000_000  # AV_TIME_BASE
+  return None
+
+
+def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -> DecodedVideo:
+  """Decodes `path` into JPEG frames on the `fps` grid.
+
+  Args:
+    path: a video file any FFmpeg build of PyAV can read.
+    fps: stored frame rate (> 0).
+    short_side: stored short side in pixels after rotation; 0 keeps the source size.
+    jpeg_quality: 1..100, Pillow's JPEG quality.
+
+  Returns:
+    DecodedVideo. A file that breaks partway keeps the frames before the damage and says so in
+    `partial_error`.
+
+  Raises:
+    VideoDecodeError when the file is missing, empty, not a video or yields no frame.
+  """
+  grid_fps = Fraction(fps).limit_denominator(1_000_000)
+  container = _open(path)
+  encoder = _FrameEncoder(short_side, jpeg_quality)
+  jpegs: List[bytes] = []
+  decoded = 0
+  partial_error = None
+  pending = None        # (slot, frame, rotation): the frame on screen from `slot` on
+  first_time = None
+  last_time = None
+  last_duration = None
+  stream = container.streams.video[0]
+  stream.thread_type = "AUTO"
+  source_w, source_h = stream.codec_context.width, stream.codec_context.height
+  rotation = 0
+  try:
+    for frame in container.decode(stream):
+      decoded += 1
+      if frame.pts is not None:
+        time = Fraction(frame.pts) * Fraction(frame.time_base or stream.time_base)
+      elif last_time is not None:  # no timestamp: assume it follows the previous one
+        time = last_time + (last_duration or 1 / grid_fps)
+      else:
+        time = Fraction(0)
+      if first_time is None:
+        first_time = time
+        rotation = _normalised_rotation(getattr(frame, "rotation", 0))
+        source_w, source_h = frame.width, frame.height
+      if last_time is not None and time > last_time:
+        last_duration = time - last_time
+      last_time = time if last_time is None else max(last_time, time)
+      slot = grid_slot(time - first_time, grid_fps)
+      if pending is not None and slot < pending[0]:
+        continue  # timestamps went backwards: that slot is already decided
+      if pending is not None and slot > pending[0]:
+        # Slots pending[0] .. slot-1 show the pending frame.
+        jpegs.extend([encoder.encode(pending[1], pending[2])] * (slot - pending[0]))
+      pending = (slot, frame, rotation)
+  except (av.error.FFmpegError, MemoryError, ValueError) as e:
+    partial_error = f"{type(e).__name__}: {e}"
+  finally:
+    announced = _announced_seconds(container, stream)
+    container.close()
+
+  if pending is None:
+    detail = partial_error or "the video stream holds no decodable frame"
+    raise VideoDecodeError("no_frames", f"{path}: {detail}")
+  # The last frame stays on screen for one source frame duration (or one slot when unknown).
+  end_time = last_time + (last_duration or 1 / grid_fps)
+  # The grid has round(duration * fps) slots; a last frame that lands on the slot past the end
+  # is dropped, as every other frame that is not on screen at any grid time.
+  end_slot = max(1, grid_slot(end_time - first_time, grid_fps))
+  if partial_error is not None:
+    end_slot = pending[0] + 1  # after damage the frame's real duration is unknown
+  if end_slot > pending[0]:
+    jpegs.extend([encoder.encode(pending[1], pending[2])] * (end_slot - pending[0]))
+  decoded_seconds = float(end_time - first_time)
+  if partial_error is None and announced and decoded_seconds < announced - max(0.25, 0.05 * announced):
+    # Matroska, WebM and MPEG-TS end quietly where a truncated file ends: only the header's
+    # duration shows that frames are missing. (Headers can lie; the frames are kept either way.)
+    partial_error = (f"decoding ended at {decoded_seconds:.2f} s but the header announces "
+                     f"{announced:.2f} s (truncated or damaged file?)")
+  return DecodedVideo(
+      jpegs=jpegs, height=encoder.height, width=encoder.width, source_frames=decoded,
+      source_width=source_w, source_height=source_h, rotation=rotation,
+      partial_error=partial_error)
+
+
+def timed_decode_video(path: str, **kwargs) -> tuple:
+  """(decode_video(path, **kwargs), seconds it took): the builder's --dry_run estimate."""
+  start = time.perf_counter()
+  video = decode_video(path, **kwargs)
+  return video, time.perf_counter() - start

@@ -1,0 +1,71 @@
+"""Shared test helpers: real video files made with PyAV, small enough to encode in milliseconds."""
+
+import fractions
+import os
+from typing import Optional, Sequence
+
+import av
+import numpy as np
+import pytest
+
+
+def coded_frame(index: int, height: int = 48, width: int = 64) -> np.ndarray:
+  """A flat grey frame whose level encodes `index` (survives lossy codecs): [H, W, 3] uint8."""
+  return np.full((height, width, 3), 16 + 12 * (index % 20), np.uint8)
+
+
+def frame_index(rgb: np.ndarray) -> int:
+  """Inverse of `coded_frame`, from the mean level of a decoded frame."""
+  return int(round((float(np.mean(rgb)) - 16) / 12))
+
+
+def write_video(path: str, frames: Sequence[np.ndarray], *, fps: int = 25,
+                codec: str = "libx264", times: Optional[Sequence[float]] = None,
+                rotation: int = 0, container_format: Optional[str] = None) -> str:
+  """Encodes [H, W, 3] uint8 frames; `times` (seconds) gives each frame's pts (variable rate)."""
+  height, width = frames[0].shape[:2]
+  with av.open(path, "w", format=container_format) as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    if codec == "libx264":
+      stream.options = {"qp": "0", "preset": "ultrafast"}  # lossless luma: exact frame codes
+    if times is not None:
+      stream.codec_context.time_base = fractions.Fraction(1, 1000)
+    if rotation:
+      stream.set_display_rotation(rotation)
+    for i, rgb in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+      if times is not None:
+        frame.pts = int(round(times[i] * 1000))
+        frame.time_base = fractions.Fraction(1, 1000)
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path
+
+
+def write_audio_only(path: str) -> str:
+  """An AAC-in-MP4 file with no video stream."""
+  with av.open(path, "w") as container:
+    stream = container.add_stream("aac", rate=16000)
+    samples = np.zeros((1, 1024), np.float32)
+    for i in range(8):
+      frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+      frame.sample_rate = 16000
+      frame.pts = i * 1024
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path
+
+
+@pytest.fixture
+def coded_video(tmp_path):
+  """Factory: a video of `n` coded frames at `fps`, returns its path."""
+  def make(name="clip.mp4", n=10, fps=25, **kwargs):
+    return write_video(os.path.join(tmp_path, name), [coded_frame(i) for i in range(n)],
+                       fps=fps, **kwargs)
+  return make

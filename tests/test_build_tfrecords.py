@@ -1,0 +1,330 @@
+"""The dataset builder end to end: real videos in, TFRecord shards out."""
+
+import csv
+import glob
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import worker_tasks
+from conftest import coded_frame, frame_index, write_audio_only, write_video
+from cvrl_tf import schema
+from dataset_tools import annotations, builder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "dataset_tools", "build_tfrecords.py")
+LABELS = ("abseiling", "cooking egg", "tying knot (not on a tie)")
+
+
+def _kinetics(root, per_label=3, frames=8, size=(48, 64)):
+  """A Kinetics-like download: CSVs plus clips, some of them broken. Returns (csvs, video_dir)."""
+  videos = os.path.join(root, "videos")
+  rows = {"train": [], "val": []}
+  for split in rows:
+    os.makedirs(os.path.join(videos, split), exist_ok=True)
+  count = 0
+  for li, label in enumerate(LABELS):
+    for split, n in (("train", per_label), ("val", 1)):
+      for _ in range(n):
+        vid = f"{'-' if count % 4 == 0 else 'v'}{count:010d}"
+        start = 10 * count
+        name = f"{vid}_{start:06d}_{start + 10:06d}.mp4"
+        code = [coded_frame(li * 5 + j, *size) for j in range(frames)]
+        write_video(os.path.join(videos, split, name), code)
+        rows[split].append([label, vid, start, start + 10, split])
+        count += 1
+  # Broken inputs, each listed in the training CSV.
+  broken = os.path.join(videos, "train")
+  open(os.path.join(broken, "zerobytes00_000000_000010.mp4"), "wb").close()
+  with open(os.path.join(broken, "textfile000_000000_000010.mp4"), "w") as f:
+    f.write("<html>not a video</html>\n" * 10)
+  write_audio_only(os.path.join(broken, "audioonly00_000000_000010.mp4"))
+  rows["train"] += [["abseiling", "zerobytes00", 0, 10, "train"],
+                    ["abseiling", "textfile000", 0, 10, "train"],
+                    ["cooking egg", "audioonly00", 0, 10, "train"],
+                    ["cooking egg", "notdownload", 0, 10, "train"]]
+  csvs = []
+  for split, name in (("train", "train.csv"), ("val", "validate.csv")):
+    path = os.path.join(root, name)
+    with open(path, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+      writer.writerows(rows[split])
+    csvs.append(path)
+  return csvs, videos
+
+
+def _entries(csvs, video_dir):
+  index = annotations.index_videos(video_dir)
+  return annotations.mark_duplicates(
+      [e for c in csvs for e in annotations.read_kinetics_csv(c, video_dir, index)])
+
+
+def _build(entries, out, **overrides):
+  kwargs = dict(num_shards=None, num_workers=2, timeout_s=60, label_map=None, overwrite=False,
+                progress=False)
+  kwargs.update(overrides)
+  return builder.build(entries, str(out), builder.BuildSettings(fps=25, short_side=32), **kwargs)
+
+
+def _read_split(out, split):
+  records = []
+  for path in sorted(glob.glob(os.path.join(out, schema.shard_pattern(split)))):
+    for raw in tf.data.TFRecordDataset(path):
+      records.append(tf.train.SequenceExample.FromString(raw.numpy()))
+  return records
+
+
+def _tree_bytes(out):
+  files = {}
+  for path in sorted(glob.glob(os.path.join(out, "**"), recursive=True)
+                     + glob.glob(os.path.join(out, ".build_state", "*"))):
+    if os.path.isfile(path):
+      files[os.path.relpath(path, out)] = open(path, "rb").read()
+  return files
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("kinetics")
+  return _kinetics(str(root))
+
+
+@pytest.fixture(scope="module")
+def built(dataset, tmp_path_factory):
+  out = tmp_path_factory.mktemp("built") / "out"
+  report = _build(_entries(*dataset), out, num_shards=3)
+  return out, report
+
+
+def test_outputs_match_the_inputs(built):
+  out, report = built
+  assert schema.read_label_map(str(out / "label_map.txt")) == sorted(LABELS)
+  info = json.loads((out / "dataset_info.json").read_text())
+  assert info["splits"]["train"]["videos"] == 9 and info["splits"]["val"]["videos"] == 3
+  assert info["splits"]["train"]["failures"] == {
+      "audio_only": 1, "empty_file": 1, "missing_file": 1, "unreadable": 1}
+  assert info["splits"]["train"]["frames"] == 9 * 8
+  assert info["settings"]["fps"] == 25 and info["settings"]["short_side"] == 32
+  assert info["num_classes"] == 3
+  assert sorted(os.listdir(out)) == [
+      ".build_state", "dataset_info.json", "failures.csv", "label_map.txt",
+      "train-00000-of-00003.tfrecord", "train-00001-of-00003.tfrecord",
+      "train-00002-of-00003.tfrecord", "val-00000-of-00003.tfrecord",
+      "val-00001-of-00003.tfrecord", "val-00002-of-00003.tfrecord"]
+  rows = list(csv.reader(open(out / "failures.csv")))
+  assert rows[0] == ["split", "id_or_path", "reason", "detail"]
+  assert sorted((r[1], r[2]) for r in rows[1:]) == [
+      ("audioonly00_000000_000010", "audio_only"), ("notdownload_000000_000010", "missing_file"),
+      ("textfile000_000000_000010", "unreadable"), ("zerobytes00_000000_000010", "empty_file")]
+  assert report.failure_fraction == pytest.approx(4 / 16)
+
+
+def test_records_hold_labels_frames_and_metadata(built):
+  out, _ = built
+  label_map = schema.read_label_map(str(out / "label_map.txt"))
+  for split, n in (("train", 9), ("val", 3)):
+    records = _read_split(str(out), split)
+    assert len(records) == n
+    for example in records:
+      context = example.context.feature
+      label = context["clip/label/text"].bytes_list.value[0].decode()
+      label_index = context["clip/label/index"].int64_list.value[0]
+      assert label_map[label_index] == label
+      frames = [np.asarray(Image.open(io.BytesIO(f.bytes_list.value[0])))
+                for f in example.feature_lists.feature_list["image/encoded"].feature]
+      assert frames[0].shape == (32, 43, 3)   # 48x64 with short side 32: 64 * 32 / 48 = 42.7
+      base = LABELS.index(label) * 5
+      assert [frame_index(f) for f in frames] == [base + j for j in range(8)]
+      key = context["video/id"].bytes_list.value[0].decode()
+      filename = context["video/filename"].bytes_list.value[0].decode()
+      assert filename == f"{split}/{key}.mp4"
+      start = int(key.split("_")[1]) * 1_000_000
+      assert context["clip/start/timestamp"].int64_list.value[0] == start
+      assert context["clip/end/timestamp"].int64_list.value[0] == start + 10_000_000
+
+
+def test_same_bytes_whatever_the_worker_count(dataset, built, tmp_path):
+  out, _ = built
+  _build(_entries(*dataset), tmp_path / "one", num_shards=3, num_workers=1)
+  assert _tree_bytes(str(tmp_path / "one")) == _tree_bytes(str(out))
+
+
+def test_rerun_skips_complete_shards(dataset, tmp_path):
+  entries = _entries(*dataset)
+  _build(entries, tmp_path / "o", num_shards=2)
+  before = _tree_bytes(str(tmp_path / "o"))
+  report = _build(entries, tmp_path / "o", num_shards=2)
+  assert report.skipped_shards == 4 and report.videos_decoded == 0
+  assert _tree_bytes(str(tmp_path / "o")) == before
+
+
+def test_existing_outputs_are_not_overwritten(dataset, tmp_path):
+  entries = _entries(*dataset)
+  out = tmp_path / "o"
+  _build(entries, out, num_shards=2)
+  (out / "my_notes.txt").write_text("mine")
+  before = _tree_bytes(str(out))
+  with pytest.raises(builder.BuildError, match="was built with"):
+    builder.build(entries, str(out), builder.BuildSettings(fps=10, short_side=32), num_shards=2,
+                  num_workers=1, timeout_s=60, label_map=None, overwrite=False, progress=False)
+  with pytest.raises(builder.BuildError, match="another --num_shards"):
+    _build(entries, out, num_shards=3)
+  assert _tree_bytes(str(out)) == before
+  _build(entries, out, num_shards=3, overwrite=True)
+  assert (out / "my_notes.txt").read_text() == "mine"
+  assert not glob.glob(str(out / "train-*-of-00002.tfrecord"))
+  assert len(glob.glob(str(out / "train-*-of-00003.tfrecord"))) == 3
+
+
+def test_foreign_files_with_our_names_are_not_overwritten(dataset, tmp_path):
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / "label_map.txt").write_text("someone else's\n")
+  with pytest.raises(builder.BuildError, match="already holds label_map.txt"):
+    _build(_entries(*dataset), out)
+  assert (out / "label_map.txt").read_text() == "someone else's\n"
+
+
+def test_label_map_is_reused_across_splits(dataset, built, tmp_path):
+  out, _ = built
+  label_map = schema.read_label_map(str(out / "label_map.txt"))
+  val_only = [e for e in _entries(*dataset) if e.split == "val"]
+  _build(val_only, tmp_path / "val", label_map=label_map, num_shards=3)
+  assert _tree_bytes(str(tmp_path / "val"))["val-00001-of-00003.tfrecord"] == (
+      _tree_bytes(str(out))["val-00001-of-00003.tfrecord"])
+  with pytest.raises(builder.BuildError, match="not in the label map"):
+    _build(val_only, tmp_path / "bad", label_map=["abseiling"])
+
+
+def test_label_map_comes_from_training_labels_only():
+  entry = lambda split, label: annotations.VideoEntry(split=split, key=label, path="p",
+                                                      relative_path="p", label=label)
+  entries = [entry("train", "b"), entry("train", "a"), entry("val", "a")]
+  assert builder.make_label_map(entries, None) == ["a", "b"]
+  with pytest.raises(builder.BuildError, match="outside the training split"):
+    builder.make_label_map(entries + [entry("val", "c")], None)
+
+
+def test_plan_is_deterministic_and_mixes_classes():
+  entries = [annotations.VideoEntry(split="train", key=f"{label}{i:02d}", path="p",
+                                    relative_path="p", label=label)
+             for label in "ab" for i in range(20)]
+  plans = builder.plan_split(entries, 4)
+  assert plans == builder.plan_split(list(reversed(entries)), 4)
+  assert sorted(e.key for s in plans for e in s.entries) == sorted(e.key for e in entries)
+  assert [len(s.entries) for s in plans] == [10, 10, 10, 10]
+  for shard in plans:
+    assert {e.label for e in shard.entries} == {"a", "b"}
+
+
+def test_hung_decode_is_stopped_and_reported(tmp_path):
+  entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=str(tmp_path / "x.mp4"),
+                                    relative_path="x.mp4", label="a") for i in range(2)]
+  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=1.0,
+                             task=worker_tasks.hang)
+  start = time.monotonic()
+  try:
+    results = list(decoder.decode_in_order(entries))
+  finally:
+    decoder.close()
+  assert [r.reason for _, r in results] == ["timeout", "timeout"]
+  assert time.monotonic() - start < 30
+
+
+def test_crashed_worker_is_reported(tmp_path):
+  entries = [annotations.VideoEntry(split="train", key="k", path=str(tmp_path / "x.mp4"),
+                                    relative_path="x.mp4", label="a")]
+  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=30,
+                             task=worker_tasks.crash)
+  try:
+    (_, result), = decoder.decode_in_order(entries)
+  finally:
+    decoder.close()
+  assert result.reason == "worker_crashed" and "exit code 11" in result.detail
+
+
+def _cli(*args, **kwargs):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                        env=env, timeout=300, **kwargs)
+
+
+def test_cli_file_list_with_escaping_paths_and_exit_status(tmp_path):
+  root = tmp_path / "root"
+  os.makedirs(root / "jump")
+  for i in range(3):
+    write_video(str(root / "jump" / f"v{i}.mkv"), [coded_frame(j) for j in range(4)])
+  (tmp_path / "secret.mp4").write_bytes(b"outside")
+  (root / "list.csv").write_text(
+      "path,label\njump/v0.mkv,jump\njump/v1.mkv,jump\njump/v2.mkv,jump\n../secret.mp4,jump\n")
+  out = tmp_path / "out"
+  strict = _cli(f"--file_list={root / 'list.csv'}", f"--output_dir={out}", "--short_side=0",
+                "--max_failure_fraction=0.2")
+  assert strict.returncode == 1, strict.stderr
+  assert "1 of 4 videos failed (25.0%), more than --max_failure_fraction=0.2" in strict.stderr
+  rows = list(csv.reader(open(out / "failures.csv")))
+  assert rows[1][:3] == ["train", "../secret.mp4", "path_escapes_root"]
+  lenient = _cli(f"--file_list={root / 'list.csv'}", f"--output_dir={out}", "--short_side=0",
+                 "--max_failure_fraction=0.5")
+  assert lenient.returncode == 0, lenient.stderr
+  assert "resumed: 1 shard(s) were already complete" in lenient.stdout
+  assert "train" in lenient.stdout and "videos" in lenient.stdout
+
+
+def test_cli_usage_errors_name_the_problem(tmp_path):
+  none = _cli(f"--output_dir={tmp_path}")
+  assert none.returncode != 0 and "give exactly one of --csv, --class_dirs, --file_list" in (
+      none.stderr)
+  no_dir = _cli(f"--csv={tmp_path}/train.csv", f"--output_dir={tmp_path}")
+  assert no_dir.returncode != 0 and "--csv needs --video_dir" in no_dir.stderr
+  (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+  bad = _cli(f"--csv={tmp_path}/bad.csv", f"--video_dir={tmp_path}", f"--output_dir={tmp_path}/o")
+  assert bad.returncode == 2 and "not a Kinetics annotation CSV" in bad.stderr
+  quality = _cli(f"--class_dirs={tmp_path}", "--jpeg_quality=0", f"--output_dir={tmp_path}/o")
+  assert quality.returncode == 2
+
+
+def test_cli_dry_run_writes_nothing(dataset, tmp_path):
+  csvs, video_dir = dataset
+  out = tmp_path / "never"
+  result = _cli(f"--csv={','.join(csvs)}", f"--video_dir={video_dir}", f"--output_dir={out}",
+                "--dry_run", "--short_side=32")
+  assert result.returncode == 0, result.stderr
+  assert "estimated output" in result.stdout and "frames per video        8" in result.stdout
+  assert not out.exists()
+
+
+def test_resume_after_sigkill_gives_the_same_bytes(tmp_path):
+  csvs, video_dir = _kinetics(str(tmp_path / "data"), per_label=8, frames=40, size=(96, 128))
+  args = [f"--csv={','.join(csvs)}", f"--video_dir={video_dir}", "--num_shards=8",
+          "--num_workers=1", "--short_side=96", "--max_failure_fraction=0.5"]
+  reference = _cli(*args, f"--output_dir={tmp_path / 'reference'}")
+  assert reference.returncode == 0, reference.stderr
+
+  out = tmp_path / "killed"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  process = subprocess.Popen([sys.executable, SCRIPT, *args, f"--output_dir={out}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                             start_new_session=True)
+  deadline = time.monotonic() + 120
+  while time.monotonic() < deadline and len(glob.glob(str(out / "train-*.tfrecord"))) < 2:
+    time.sleep(0.005)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait()
+  done = glob.glob(str(out / "*-of-00008.tfrecord"))
+  assert 2 <= len(done) < 16, "the kill should land mid-build"
+
+  resumed = _cli(*args, f"--output_dir={out}")
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resumed:" in resumed.stdout
+  assert _tree_bytes(str(out)) == _tree_bytes(str(tmp_path / "reference"))

@@ -1,0 +1,163 @@
+"""Decoding real video files onto the constant-rate grid."""
+
+import io
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import coded_frame, frame_index, write_audio_only, write_video
+from dataset_tools.video_decode import VideoDecodeError, decode_video, grid_slot, output_size
+
+
+def _indices(video):
+  return [frame_index(np.asarray(Image.open(io.BytesIO(j)))) for j in video.jpegs]
+
+
+def _expected_indices(times, fps, end_time):
+  """Slot k shows the last frame i with round(times[i] * fps) <= k (hand-written rule)."""
+  slots = [int(np.floor(t * fps + 0.5)) for t in times]
+  num_slots = int(np.floor(end_time * fps + 0.5))
+  return [max(i for i, s in enumerate(slots) if s <= k) for k in range(num_slots)]
+
+
+def test_grid_slot_rounds_half_up():
+  fps = Fraction(25)
+  assert [grid_slot(Fraction(t, 100), fps) for t in (0, 1, 2, 3, 4, 6)] == [0, 0, 1, 1, 1, 2]
+
+
+def test_output_size_scales_short_side():
+  assert output_size(640, 480, 256) == (341, 256)
+  assert output_size(480, 640, 256) == (256, 341)
+  assert output_size(640, 480, 0) == (640, 480)
+
+
+def test_frames_round_trip_within_jpeg_tolerance(tmp_path):
+  # Smooth content (JPEG and 4:2:0 chroma are gentle to it): gradients with a moving offset.
+  y, x = np.mgrid[0:48, 0:64]
+  frames = [np.stack([(x * 4 + 9 * i) % 256, (y * 5) % 256, np.full_like(x, 40 * i % 256)],
+                     -1).astype(np.uint8) for i in range(6)]
+  path = write_video(str(tmp_path / "smooth.mkv"), frames, fps=25)
+  video = decode_video(path, fps=25, short_side=0, jpeg_quality=95)
+  assert (video.height, video.width) == (48, 64)
+  assert len(video.jpegs) == 6
+  for original, jpeg in zip(frames, video.jpegs):
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg))).astype(np.float32)
+    assert np.mean(np.abs(decoded - original)) < 4.0
+
+
+def test_same_rate_keeps_every_frame(coded_video):
+  video = decode_video(coded_video(n=12, fps=25), fps=25, short_side=0, jpeg_quality=90)
+  assert _indices(video) == list(range(12))
+  assert video.source_frames == 12 and video.partial_error is None
+
+
+def test_slower_source_repeats_frames(coded_video):
+  # 10 fps -> 25 fps: frame i at i/10 s lands on slot round(2.5 i).
+  video = decode_video(coded_video(n=8, fps=10), fps=25, short_side=0, jpeg_quality=90)
+  times = [i / 10 for i in range(8)]
+  assert _indices(video) == _expected_indices(times, 25, 0.8)
+  assert _indices(video)[:9] == [0, 0, 0, 1, 1, 2, 2, 2, 3]
+
+
+def test_faster_source_drops_frames(coded_video):
+  # 50 fps -> 25 fps keeps every other frame: 0, 2, 4, ...
+  video = decode_video(coded_video(n=16, fps=50), fps=25, short_side=0, jpeg_quality=90)
+  assert _indices(video) == [0, 2, 4, 6, 8, 10, 12, 14]
+
+
+def test_variable_frame_rate_follows_timestamps(tmp_path):
+  times = [0.0, 0.04, 0.2, 0.21, 0.22, 0.5, 0.52]   # a stall, a burst, another stall
+  frames = [coded_frame(i) for i in range(len(times))]
+  path = write_video(str(tmp_path / "vfr.mkv"), frames, times=times)
+  video = decode_video(path, fps=25, short_side=0, jpeg_quality=90)
+  # The last frame lasts as long as the gap before it (0.02 s).
+  assert _indices(video) == _expected_indices(times, 25, 0.54)
+
+
+@pytest.mark.parametrize("rotation,shape", [(90, (64, 32)), (-90, (64, 32)), (180, (32, 64))])
+def test_rotation_metadata_is_honoured(tmp_path, rotation, shape):
+  frame = np.zeros((32, 64, 3), np.uint8)
+  frame[:, :16] = 255  # a white band on the left of the coded picture
+  path = write_video(str(tmp_path / f"rot{rotation}.mp4"), [frame] * 3, rotation=rotation)
+  video = decode_video(path, fps=25, short_side=32, jpeg_quality=95)
+  assert (video.height, video.width) == shape
+  upright = np.asarray(Image.open(io.BytesIO(video.jpegs[0]))).mean(-1) > 128
+  # Counter-clockwise 90: left -> bottom; clockwise 90: left -> top; 180: left -> right.
+  band = {90: upright[-12:], -90: upright[:12], 180: upright[:, -12:]}[rotation]
+  rest = {90: upright[:-20], -90: upright[20:], 180: upright[:, :-20]}[rotation]
+  assert band.mean() > 0.9 and rest.mean() < 0.1
+
+
+def test_short_side_resize_of_portrait_video(coded_video):
+  video = decode_video(coded_video(n=2), fps=25, short_side=24, jpeg_quality=90)
+  assert (video.height, video.width) == (24, 32)
+
+
+def test_truncated_matroska_keeps_frames_and_says_so(coded_video, tmp_path):
+  path = coded_video("whole.mkv", n=50)
+  data = open(path, "rb").read()
+  cut = str(tmp_path / "cut.mkv")
+  with open(cut, "wb") as f:
+    f.write(data[:len(data) // 2])
+  video = decode_video(cut, fps=25, short_side=0, jpeg_quality=90)
+  assert 10 < len(video.jpegs) < 50
+  assert _indices(video) == [i % 20 for i in range(len(video.jpegs))]
+  assert "header announces 2.00 s" in video.partial_error
+
+
+def test_decode_error_midway_keeps_earlier_frames(tmp_path):
+  rng = np.random.default_rng(1)
+  frames = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(60)]
+  # MJPEG: every packet is a whole picture, so a damaged one is an error, not concealed.
+  path = write_video(str(tmp_path / "noisy.mp4"), frames, codec="mjpeg")
+  data = bytearray(open(path, "rb").read())
+  middle = len(data) // 2
+  data[middle:middle + 4000] = np.random.default_rng(2).integers(0, 255, 4000, np.uint8).tobytes()
+  broken = str(tmp_path / "broken.mp4")
+  with open(broken, "wb") as f:
+    f.write(bytes(data))
+  video = decode_video(broken, fps=25, short_side=0, jpeg_quality=90)
+  assert 0 < len(video.jpegs) < 60
+  assert "InvalidDataError" in video.partial_error
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda d: os.path.join(d, "absent.mp4"), "missing_file"),
+    (lambda d: open(os.path.join(d, "zero.mp4"), "wb").close() or os.path.join(d, "zero.mp4"),
+     "empty_file"),
+    (lambda d: _text(os.path.join(d, "text.mp4")), "unreadable"),
+    (lambda d: write_audio_only(os.path.join(d, "audio.mp4")), "audio_only"),
+])
+def test_unusable_files_raise_with_reason(tmp_path, make, reason):
+  path = make(str(tmp_path))
+  with pytest.raises(VideoDecodeError) as error:
+    decode_video(path, fps=25, short_side=0, jpeg_quality=90)
+  assert error.value.reason == reason
+  assert os.path.basename(path) in str(error.value)
+
+
+def test_mp4_without_index_is_unreadable(coded_video, tmp_path):
+  data = open(coded_video("whole.mp4", n=20), "rb").read()
+  cut = str(tmp_path / "nomoov.mp4")
+  with open(cut, "wb") as f:
+    f.write(data[:len(data) // 2])   # the moov atom is at the end: gone
+  with pytest.raises(VideoDecodeError) as error:
+    decode_video(cut, fps=25, short_side=0, jpeg_quality=90)
+  assert error.value.reason == "unreadable"
+
+
+@pytest.mark.parametrize("codec,ext", [("libvpx-vp9", "webm"), ("mjpeg", "avi")])
+def test_other_codecs_decode(tmp_path, codec, ext):
+  frames = [coded_frame(i) for i in range(5)]
+  path = write_video(str(tmp_path / f"clip.{ext}"), frames, codec=codec)
+  video = decode_video(path, fps=25, short_side=0, jpeg_quality=90)
+  assert _indices(video) == list(range(5))
+
+
+def _text(path):
+  with open(path, "w") as f:
+    f.write("this is not a video\n" * 20)
+  return path
