@@ -1,6 +1,6 @@
 """Decodes one video file into JPEG frames on a constant-rate grid, with PyAV.
 
-This module runs inside the builder's worker processes: it imports PyAV, Pillow and NumPy only
+This module runs inside the builder's worker processes: it imports PyAV, simplejpeg and NumPy only
 (no TensorFlow, which would cost every worker seconds of start-up and hundreds of MB).
 
 Frame selection follows presentation time, as ffmpeg's `fps` filter does: a source frame with
@@ -12,7 +12,6 @@ stops being shown.
 """
 
 import dataclasses
-import io
 import math
 import os
 import time
@@ -21,7 +20,8 @@ from typing import List, Optional
 
 import av
 import numpy as np
-from PIL import Image
+import simplejpeg
+from av.video.reformatter import VideoReformatter
 
 
 class VideoDecodeError(Exception):
@@ -56,13 +56,19 @@ def duration_us_at(num_frames: int, fps: float) -> int:
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple:
-  """(width, height) with the short side scaled to `short_side` (0 keeps the size), at least 1."""
+  """(width, height) with the short side scaled to `short_side` (0 keeps the size).
+
+  Both sides are rounded to even numbers, as ffmpeg's `scale=-2:N` does: JPEG stores chroma at
+  half resolution, and libjpeg-turbo's planar encoder needs whole chroma samples.
+  """
+  even = lambda x: max(2, 2 * math.floor(x / 2 + 0.5))
   if short_side <= 0:
-    return width, height
-  scale = short_side / min(width, height)
+    return even(width), even(height)
+  short = even(short_side)
+  scale = short / min(width, height)
   if width <= height:
-    return short_side, max(1, int(round(height * scale)))
-  return max(1, int(round(width * scale))), short_side
+    return short, even(height * scale)
+  return even(width * scale), short
 
 
 def grid_slot(seconds: Fraction, fps: Fraction) -> int:
@@ -77,28 +83,49 @@ def _normalised_rotation(degrees) -> int:
   return rotation if rotation in (0, 90, 180, 270) else 0
 
 
+def _plane(plane) -> np.ndarray:
+  """A video plane as a contiguous [H, W] uint8 array, without FFmpeg's row padding.
+
+  Contiguous matters: the encoder reads rows back to back, and a strided view would hand it the
+  padding bytes, whose content depends on what the buffer held before (non-deterministic JPEGs).
+  """
+  rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+  return np.ascontiguousarray(rows[:, :plane.width])
+
+
 class _FrameEncoder:
-  """Resizes, rotates and JPEG-encodes decoded frames; remembers the last result for repeats."""
+  """Resizes, rotates and JPEG-encodes decoded frames, never leaving YUV 4:2:0.
+
+  JPEG stores full-range YCbCr 4:2:0, which is what video decoders produce (up to the range):
+  swscale scales and expands the range in one pass, and libjpeg-turbo (simplejpeg) compresses
+  the planes as they are. Going through RGB, as ffmpeg-to-Pillow pipelines do, costs two colour
+  conversions and a chroma resampling per frame, ~3x the time (benchmarks/build_tfrecords.py).
+  """
 
   def __init__(self, short_side: int, jpeg_quality: int):
     self._short_side = short_side
     self._quality = jpeg_quality
+    # One reformatter per video keeps its swscale context between frames
+    # (`VideoFrame.reformat` builds a new one per call, which doubles the cost).
+    self._scaler = VideoReformatter()
     self.height = self.width = 0
 
   def encode(self, frame: av.VideoFrame, rotation: int) -> bytes:
-    # Resize in swscale before rotating: a quarter turn swaps which side is short.
+    # Resize before rotating: a quarter turn swaps which side is short.
     upright_w, upright_h = ((frame.height, frame.width) if rotation in (90, 270)
                             else (frame.width, frame.height))
     out_w, out_h = output_size(upright_w, upright_h, self._short_side)
     coded_w, coded_h = (out_h, out_w) if rotation in (90, 270) else (out_w, out_h)
-    rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24",
-                         interpolation="BICUBIC").to_ndarray()  # [H, W, 3] uint8
+    # AREA averages when shrinking (the usual case: Kinetics is 340-1280 px wide), so the
+    # result is anti-aliased, and it is the cheapest swscale kernel that is.
+    small = self._scaler.reformat(
+        frame, width=coded_w, height=coded_h, format="yuv420p", interpolation="AREA",
+        src_color_range=frame.color_range or None, dst_color_range="JPEG", threads=1)
+    y, u, v = (_plane(p) for p in small.planes)
     if rotation:
-      rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))  # counter-clockwise
-    self.height, self.width = rgb.shape[:2]
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=self._quality)
-    return buffer.getvalue()
+      y, u, v = (np.ascontiguousarray(np.rot90(p, k=rotation // 90)) for p in (y, u, v))
+    self.height, self.width = y.shape
+    return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=self._quality)
 
 
 def _open(path: str):
@@ -134,8 +161,8 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   Args:
     path: a video file any FFmpeg build of PyAV can read.
     fps: stored frame rate (> 0).
-    short_side: stored short side in pixels after rotation; 0 keeps the source size.
-    jpeg_quality: 1..100, Pillow's JPEG quality.
+    short_side: stored short side in pixels after rotation (even); 0 keeps the source size.
+    jpeg_quality: 1..100, the IJG (libjpeg) quality scale.
 
   Returns:
     DecodedVideo. A file that breaks partway keeps the frames before the damage and says so in
@@ -144,62 +171,65 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   Raises:
     VideoDecodeError when the file is missing, empty, not a video or yields no frame.
   """
-  grid_fps = Fraction(fps).limit_denominator(1_000_000)
   container = _open(path)
+  stream = container.streams.video[0]
+  stream.thread_type = "AUTO"
+  # Timestamps stay integers in the stream's time base (ticks); one exact ratio maps ticks to
+  # grid slots: slot = floor(ticks * p / q + 1/2) with p / q = time_base * fps.
+  time_base = Fraction(stream.time_base or Fraction(1, 90_000))
+  per_tick = time_base * Fraction(fps).limit_denominator(1_000_000)
+  p, q = per_tick.numerator, per_tick.denominator
+  slot_of = lambda ticks: (2 * ticks * p + q) // (2 * q)
+  one_slot_ticks = max(1, round(1 / per_tick))
+
   encoder = _FrameEncoder(short_side, jpeg_quality)
   jpegs: List[bytes] = []
   decoded = 0
   partial_error = None
-  pending = None        # (slot, frame, rotation): the frame on screen from `slot` on
-  first_time = None
-  last_time = None
-  last_duration = None
-  stream = container.streams.video[0]
-  stream.thread_type = "AUTO"
-  source_w, source_h = stream.codec_context.width, stream.codec_context.height
+  pending_slot, pending_frame = -1, None   # the frame on screen from `pending_slot` on
+  first = last = None                      # ticks of the first frame and the latest one
+  last_step = None                         # ticks between the last two frames
   rotation = 0
+  source_w, source_h = stream.codec_context.width, stream.codec_context.height
   try:
     for frame in container.decode(stream):
       decoded += 1
       if frame.pts is not None:
-        time = Fraction(frame.pts) * Fraction(frame.time_base or stream.time_base)
-      elif last_time is not None:  # no timestamp: assume it follows the previous one
-        time = last_time + (last_duration or 1 / grid_fps)
-      else:
-        time = Fraction(0)
-      if first_time is None:
-        first_time = time
+        ticks = frame.pts
+      else:  # no timestamp: assume it follows the previous frame
+        ticks = 0 if last is None else last + (last_step or one_slot_ticks)
+      if first is None:
+        first = last = ticks
         rotation = _normalised_rotation(getattr(frame, "rotation", 0))
         source_w, source_h = frame.width, frame.height
-      if last_time is not None and time > last_time:
-        last_duration = time - last_time
-      last_time = time if last_time is None else max(last_time, time)
-      slot = grid_slot(time - first_time, grid_fps)
-      if pending is not None and slot < pending[0]:
+      elif ticks > last:
+        last_step, last = ticks - last, ticks
+      slot = slot_of(ticks - first)
+      if slot < pending_slot:
         continue  # timestamps went backwards: that slot is already decided
-      if pending is not None and slot > pending[0]:
-        # Slots pending[0] .. slot-1 show the pending frame.
-        jpegs.extend([encoder.encode(pending[1], pending[2])] * (slot - pending[0]))
-      pending = (slot, frame, rotation)
+      if pending_frame is not None and slot > pending_slot:
+        # Slots pending_slot .. slot-1 show the pending frame.
+        jpegs.extend([encoder.encode(pending_frame, rotation)] * (slot - pending_slot))
+      pending_slot, pending_frame = slot, frame
   except (av.error.FFmpegError, MemoryError, ValueError) as e:
     partial_error = f"{type(e).__name__}: {e}"
   finally:
     announced = _announced_seconds(container, stream)
     container.close()
 
-  if pending is None:
+  if pending_frame is None:
     detail = partial_error or "the video stream holds no decodable frame"
     raise VideoDecodeError("no_frames", f"{path}: {detail}")
   # The last frame stays on screen for one source frame duration (or one slot when unknown).
-  end_time = last_time + (last_duration or 1 / grid_fps)
+  end = last + (last_step or one_slot_ticks)
   # The grid has round(duration * fps) slots; a last frame that lands on the slot past the end
   # is dropped, as every other frame that is not on screen at any grid time.
-  end_slot = max(1, grid_slot(end_time - first_time, grid_fps))
+  end_slot = max(1, slot_of(end - first))
   if partial_error is not None:
-    end_slot = pending[0] + 1  # after damage the frame's real duration is unknown
-  if end_slot > pending[0]:
-    jpegs.extend([encoder.encode(pending[1], pending[2])] * (end_slot - pending[0]))
-  decoded_seconds = float(end_time - first_time)
+    end_slot = pending_slot + 1  # after damage the frame's real duration is unknown
+  if end_slot > pending_slot:
+    jpegs.extend([encoder.encode(pending_frame, rotation)] * (end_slot - pending_slot))
+  decoded_seconds = float((end - first) * time_base)
   if partial_error is None and announced and decoded_seconds < announced - max(0.25, 0.05 * announced):
     # Matroska, WebM and MPEG-TS end quietly where a truncated file ends: only the header's
     # duration shows that frames are missing. (Headers can lie; the frames are kept either way.)

@@ -1,19 +1,18 @@
 """Decoding real video files onto the constant-rate grid."""
 
-import io
 import os
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from PIL import Image
+import simplejpeg
 
 from conftest import coded_frame, frame_index, write_audio_only, write_video
 from dataset_tools.video_decode import VideoDecodeError, decode_video, grid_slot, output_size
 
 
 def _indices(video):
-  return [frame_index(np.asarray(Image.open(io.BytesIO(j)))) for j in video.jpegs]
+  return [frame_index(simplejpeg.decode_jpeg(j)) for j in video.jpegs]
 
 
 def _expected_indices(times, fps, end_time):
@@ -28,10 +27,23 @@ def test_grid_slot_rounds_half_up():
   assert [grid_slot(Fraction(t, 100), fps) for t in (0, 1, 2, 3, 4, 6)] == [0, 0, 1, 1, 1, 2]
 
 
-def test_output_size_scales_short_side():
-  assert output_size(640, 480, 256) == (341, 256)
-  assert output_size(480, 640, 256) == (256, 341)
+def test_output_size_scales_short_side_to_even_sizes():
+  assert output_size(640, 480, 256) == (342, 256)     # 341.3 -> 342
+  assert output_size(480, 640, 256) == (256, 342)
   assert output_size(640, 480, 0) == (640, 480)
+  assert output_size(853, 481, 0) == (854, 482)     # halves round up
+  assert output_size(64, 48, 32) == (42, 32)          # 42.7 -> 42
+
+
+def test_odd_source_sizes_give_deterministic_even_frames(tmp_path):
+  rng = np.random.default_rng(3)
+  frames = [rng.integers(0, 255, (45, 67, 3), dtype=np.uint8) for _ in range(4)]
+  frames = [np.pad(f, ((0, 1), (0, 1), (0, 0))) for f in frames]   # encoders need even sizes
+  path = write_video(str(tmp_path / "odd.mkv"), frames)
+  runs = [decode_video(path, fps=25, short_side=s, jpeg_quality=90) for s in (0, 0, 33, 33)]
+  assert runs[0].jpegs == runs[1].jpegs and runs[2].jpegs == runs[3].jpegs
+  assert (runs[0].height, runs[0].width) == (46, 68)
+  assert (runs[2].height, runs[2].width) == (34, 50)    # 33 -> 34; 68 * 34 / 46 = 50.3
 
 
 def test_frames_round_trip_within_jpeg_tolerance(tmp_path):
@@ -44,7 +56,7 @@ def test_frames_round_trip_within_jpeg_tolerance(tmp_path):
   assert (video.height, video.width) == (48, 64)
   assert len(video.jpegs) == 6
   for original, jpeg in zip(frames, video.jpegs):
-    decoded = np.asarray(Image.open(io.BytesIO(jpeg))).astype(np.float32)
+    decoded = simplejpeg.decode_jpeg(jpeg).astype(np.float32)
     assert np.mean(np.abs(decoded - original)) < 4.0
 
 
@@ -84,7 +96,7 @@ def test_rotation_metadata_is_honoured(tmp_path, rotation, shape):
   path = write_video(str(tmp_path / f"rot{rotation}.mp4"), [frame] * 3, rotation=rotation)
   video = decode_video(path, fps=25, short_side=32, jpeg_quality=95)
   assert (video.height, video.width) == shape
-  upright = np.asarray(Image.open(io.BytesIO(video.jpegs[0]))).mean(-1) > 128
+  upright = simplejpeg.decode_jpeg(video.jpegs[0]).mean(-1) > 128
   # Counter-clockwise 90: left -> bottom; clockwise 90: left -> top; 180: left -> right.
   band = {90: upright[-12:], -90: upright[:12], 180: upright[:, -12:]}[rotation]
   rest = {90: upright[:-20], -90: upright[20:], 180: upright[:, :-20]}[rotation]
