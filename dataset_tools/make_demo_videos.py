@@ -43,6 +43,7 @@ class DemoSpec:
   train_per_class: int = 32
   val_per_class: int = 8
   seed: int = 0
+  noise: float = 0.015   # std of the per-pixel sensor noise, in [0, 1] units
 
 
 def youtube_id(rng: np.random.Generator) -> str:
@@ -133,16 +134,16 @@ def render_clip(label: int, rng: np.random.Generator, spec: DemoSpec) -> np.ndar
       elif label == 3:
         cy = y0 + shift * spec.height / spec.width
       elif label == 4:
-        angle = sprite.angle0 - spin * progress * spec.seconds
+        angle = sprite.angle0 - spin * (progress - 0.5) * spec.seconds
       elif label == 5:
-        angle = sprite.angle0 + spin * progress * spec.seconds
+        angle = sprite.angle0 + spin * (progress - 0.5) * spec.seconds
       elif label == 6:
         scale = 0.6 + 0.8 * progress
       else:
         scale = 1.4 - 0.8 * progress
       _draw(frame, sprite, cx, cy, angle, scale, grid)
     frames[t] = frame
-  frames += rng.normal(0, 0.015, size=frames.shape).astype(np.float32)  # sensor noise
+  frames += rng.normal(0, spec.noise, size=frames.shape).astype(np.float32)  # sensor noise
   return np.clip(frames * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
