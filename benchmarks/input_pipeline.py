@@ -1,0 +1,386 @@
+"""Pretraining input pipeline throughput: cvrl_tf against the reference release and the decode limit.
+
+    python benchmarks/input_pipeline.py --tfrecords=GLOB [--seconds=N] [--crop_size=224]
+
+Measures, in one run on the same records and cores (so that the ratios are meaningful on a shared,
+noisy machine):
+  reference    what the reference release (TF Model Garden `video_ssl`) does per example: decode
+               every sampled frame in full with tf.io.decode_jpeg, crop and resize, then colour
+               jitter, blur and solarize at full precision, one example at a time;
+  decode_only  the limit: decode the 32 sampled JPEGs in full and nothing else;
+  cvrl_tf      `input_pipeline.pretrain_dataset` with the default recipe;
+  host_part    the same with `augment_in_step=True`: what is left on the host when the colour
+               augmentations run in the training step on an accelerator.
+The last line printed is `pairs_per_s <float>` for cvrl_tf (clip pairs per second after warm-up).
+
+Without --tfrecords, a small set of realistic records is generated into a temporary directory
+(25 fps, 340×256 frames, JPEG quality 90, 10 s per video: panning textured scenes with noise).
+"""
+
+import argparse
+import datetime
+import glob
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from cvrl_tf import input_pipeline  # pylint: disable=g-import-not-at-top
+from cvrl_tf import schema  # pylint: disable=g-import-not-at-top
+
+BATCH_SIZE = 8
+NUM_FRAMES = 16
+STRIDE = 2
+
+
+# Records.
+
+
+def _scene(rng, height, width):
+  """A natural-looking still: smooth gradients, blobs, a multi-scale texture. [H, W, 3] float."""
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  colours = rng.uniform(30, 220, size=(4, 3)).astype(np.float32)
+  u, v = xx / width, yy / height
+  image = (colours[0] * ((1 - u) * (1 - v))[..., None] + colours[1] * (u * (1 - v))[..., None] +
+           colours[2] * ((1 - u) * v)[..., None] + colours[3] * (u * v)[..., None])
+  for _ in range(12):
+    cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+    radius = rng.uniform(10, 60)
+    mask = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius ** 2))
+    image += mask[..., None] * rng.uniform(-80, 80, size=3).astype(np.float32)
+  for scale in (4, 16, 48):
+    small = rng.normal(0, 1, size=(height // scale + 2, width // scale + 2, 1)).astype(np.float32)
+    texture = tf.image.resize(small[None], [height + 2 * scale, width + 2 * scale],
+                              method="bicubic")[0].numpy()[:height, :width]
+    image += texture * (24.0 / np.sqrt(scale))
+  return image
+
+
+def write_records(directory, num_videos=24, num_shards=4, num_frames=250, fps=25.0,
+                  height=256, width=340, quality=90, seed=0):
+  """Writes `num_videos` panning-camera videos as our TFRecords; returns the shard glob."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  writers = [tf.io.TFRecordWriter(os.path.join(directory, schema.shard_name("train", i, num_shards)))
+             for i in range(num_shards)]
+  margin = 48
+  for index in range(num_videos):
+    world = _scene(rng, height + 2 * margin, width + 2 * margin)
+    # The camera drifts across a larger scene; per-frame sensor noise keeps frames distinct.
+    path = np.cumsum(rng.normal(0, 0.8, size=(num_frames, 2)), axis=0)
+    path = np.clip(path + margin, 0, 2 * margin).astype(int)
+    jpegs = []
+    for t in range(num_frames):
+      y, x = path[t]
+      frame = world[y:y + height, x:x + width] + rng.normal(0, 4, size=(height, width, 3))
+      buffer = io.BytesIO()
+      Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(
+          buffer, format="JPEG", quality=quality)
+      jpegs.append(buffer.getvalue())
+    writers[index % num_shards].write(schema.serialize_video(
+        jpegs, video_id=f"synthetic_{index:03d}", filename=f"synthetic_{index:03d}.mp4", fps=fps,
+        height=height, width=width, start_us=0, end_us=int(num_frames / fps * 1e6),
+        label_index=index % 4, label_text=f"class_{index % 4}"))
+  for writer in writers:
+    writer.close()
+  return os.path.join(directory, schema.shard_pattern("train"))
+
+
+# The reference release's pretraining pipeline, reproduced op for op from TF Model Garden
+# (official/projects/video_ssl/ops/video_ssl_preprocess_ops.py,
+# official/vision/ops/preprocess_ops_3d.py and dataloaders/video_ssl_input.py; Apache 2.0) so that
+# it runs here without tf-models-official (which cannot share an environment with Keras 3).
+
+
+def _ref_random_apply(func, p, x):
+  return tf.cond(tf.less(tf.random.uniform([], 0, 1, tf.float32), tf.cast(p, tf.float32)),
+                 lambda: func(x), lambda: x)
+
+
+def _ref_random_brightness(image, max_delta):
+  factor = tf.random.uniform([], tf.maximum(1.0 - max_delta, 0), 1.0 + max_delta)
+  return image * factor
+
+
+def _ref_color_jitter_rand(image, brightness, contrast, saturation, hue):
+  def apply_transform(i, x):
+    def brightness_transform():
+      return _ref_random_brightness(x, max_delta=brightness)
+
+    def contrast_transform():
+      return tf.image.random_contrast(x, lower=1 - contrast, upper=1 + contrast)
+
+    def saturation_transform():
+      return tf.image.random_saturation(x, lower=1 - saturation, upper=1 + saturation)
+
+    def hue_transform():
+      return tf.image.random_hue(x, max_delta=hue)
+    return tf.cond(
+        tf.less(i, 2), lambda: tf.cond(tf.less(i, 1), brightness_transform, contrast_transform),
+        lambda: tf.cond(tf.less(i, 3), saturation_transform, hue_transform))
+
+  perm = tf.random.shuffle(tf.range(4))
+  for i in range(4):
+    image = apply_transform(perm[i], image)
+    image = tf.clip_by_value(image, 0., 1.)
+  return image
+
+
+def _ref_to_grayscale(image):
+  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
+
+
+def _ref_random_color_jitter_3d(frames):
+  def transform(image):
+    image = _ref_random_apply(
+        lambda x: _ref_color_jitter_rand(x, 0.8, 0.8, 0.8, 0.2), p=0.8, x=image)
+    return _ref_random_apply(_ref_to_grayscale, p=0.2, x=image)
+  num_frames, width, height, channels = frames.shape.as_list()
+  big_image = tf.reshape(frames, [num_frames * width, height, channels])
+  big_image = _ref_random_apply(transform, p=1.0, x=big_image)
+  return tf.reshape(big_image, [num_frames, width, height, channels])
+
+
+def _ref_gaussian_blur(image, kernel_size, sigma, padding="SAME"):
+  radius = tf.cast(kernel_size / 2, dtype=tf.int32)
+  kernel_size = radius * 2 + 1
+  x = tf.cast(tf.range(-radius, radius + 1), dtype=tf.float32)
+  blur_filter = tf.exp(-tf.pow(x, 2.0) / (2.0 * tf.pow(tf.cast(sigma, dtype=tf.float32), 2.0)))
+  blur_filter /= tf.reduce_sum(blur_filter)
+  blur_v = tf.reshape(blur_filter, [kernel_size, 1, 1, 1])
+  blur_h = tf.reshape(blur_filter, [1, kernel_size, 1, 1])
+  num_channels = tf.shape(image)[-1]
+  blur_h = tf.tile(blur_h, [1, 1, num_channels, 1])
+  blur_v = tf.tile(blur_v, [1, 1, num_channels, 1])
+  blurred = tf.nn.depthwise_conv2d(image, blur_h, strides=[1, 1, 1, 1], padding=padding)
+  return tf.nn.depthwise_conv2d(blurred, blur_v, strides=[1, 1, 1, 1], padding=padding)
+
+
+def _ref_random_blur(image, height, p):
+  def transform(image):
+    sigma = tf.random.uniform([], 0.1, 2.0, dtype=tf.float32)
+    return _ref_gaussian_blur(image, kernel_size=height // 10, sigma=sigma, padding="SAME")
+  return _ref_random_apply(transform, p=p, x=image)
+
+
+def _ref_random_solarization(image, p=0.2):
+  def transform(image):
+    return image * tf.cast(tf.less(image, 0.5), image.dtype) + (1.0 - image) * tf.cast(
+        tf.greater_equal(image, 0.5), image.dtype)
+  return _ref_random_apply(transform, p=p, x=image)
+
+
+def _ref_sample_or_pad_sequence_indices(sequence, num_steps, stride, offset):
+  sequence_length = tf.shape(sequence)[0]
+  sel_idx = tf.range(sequence_length)
+  max_length = num_steps * stride + offset
+  num_repeats = tf.math.floordiv(max_length + sequence_length - 1, sequence_length)
+  sel_idx = tf.tile(sel_idx, [num_repeats])
+  steps = tf.range(offset, offset + num_steps * stride, stride)
+  return tf.gather(sel_idx, steps)
+
+
+def _ref_sample_ssl_sequence(sequence, num_steps, stride):
+  sequence_length = tf.cast(tf.shape(sequence)[0], tf.float32)
+  max_offset = tf.cond(tf.greater(sequence_length, (num_steps - 1) * stride),
+                       lambda: sequence_length - (num_steps - 1) * stride,
+                       lambda: sequence_length)
+
+  def cdf(k, power=1.0):
+    return -tf.math.pow(k, power + 1) / (power * tf.math.pow(max_offset, power + 1)) + k * (
+        power + 1) / (power * max_offset)
+
+  u = tf.random.uniform(())
+  k_low, k_up = tf.constant(0, dtype=tf.float32), max_offset
+  k = tf.math.floordiv(max_offset, 2.0)
+  cond = lambda k_low, k_up, k: tf.greater(tf.math.abs(k_up - k_low), 1.0)
+  body = lambda k_low, k_up, k: tf.cond(
+      tf.greater(cdf(k), u), lambda: [k_low, k, tf.math.floordiv(k + k_low, 2.0)],
+      lambda: [k, k_up, tf.math.floordiv(k_up + k, 2.0)])
+  _, _, k = tf.while_loop(cond, body, [k_low, k_up, k])
+  delta = tf.cast(k, tf.int32)
+  max_offset = tf.cast(max_offset, tf.int32)
+  sequence_length = tf.cast(sequence_length, tf.int32)
+  choice_1 = tf.cond(
+      tf.equal(max_offset, sequence_length),
+      lambda: tf.random.uniform((), maxval=max_offset, dtype=tf.int32),
+      lambda: tf.random.uniform((), maxval=max_offset - delta, dtype=tf.int32))
+  choice_2 = tf.cond(
+      tf.equal(max_offset, sequence_length),
+      lambda: tf.random.uniform((), maxval=max_offset, dtype=tf.int32),
+      lambda: choice_1 + delta)
+  shuffle_choice = tf.random.shuffle((choice_1, choice_2))
+  indices_1 = _ref_sample_or_pad_sequence_indices(sequence, num_steps, stride, shuffle_choice[0])
+  indices_2 = _ref_sample_or_pad_sequence_indices(sequence, num_steps, stride, shuffle_choice[1])
+  indices = tf.concat([indices_1, indices_2], axis=0)
+  indices.set_shape((2 * num_steps,))
+  return tf.gather(sequence, indices)
+
+
+def _ref_decode_jpeg(image_string):
+  return tf.map_fn(lambda x: tf.image.decode_jpeg(x, channels=3), image_string,
+                   back_prop=False, dtype=tf.uint8)
+
+
+def _ref_random_crop_resize(frames, output_h, output_w, num_frames, num_channels, aspect_ratio,
+                            area_range):
+  shape = tf.shape(frames)
+  seq_len, channels = shape[0], shape[3]
+  bbox = tf.constant([0.0, 0.0, 1.0, 1.0], dtype=tf.float32, shape=[1, 1, 4])
+  factor = output_w / output_h
+  aspect_ratio = (aspect_ratio[0] * factor, aspect_ratio[1] * factor)
+  bbox_begin, bbox_size, _ = tf.image.sample_distorted_bounding_box(
+      shape[1:], bounding_boxes=bbox, min_object_covered=0.1, aspect_ratio_range=aspect_ratio,
+      area_range=area_range, max_attempts=100, use_image_if_no_bounding_boxes=True)
+  offset_y, offset_x, _ = tf.unstack(bbox_begin)
+  target_height, target_width, _ = tf.unstack(bbox_size)
+  size = tf.convert_to_tensor((seq_len, target_height, target_width, channels))
+  offset = tf.convert_to_tensor((0, offset_y, offset_x, 0))
+  frames = tf.slice(frames, offset, size)
+  frames = tf.cast(tf.image.resize(frames, (output_h, output_w)), frames.dtype)
+  frames.set_shape((num_frames, output_h, output_w, num_channels))
+  return frames
+
+
+def _ref_random_flip_left_right(frames):
+  is_flipped = tf.random.uniform((), minval=0, maxval=2, dtype=tf.int32)
+  return tf.cond(tf.equal(is_flipped, 1), lambda: tf.image.flip_left_right(frames),
+                 lambda: frames)
+
+
+def reference_process(serialized, crop_size):
+  """`video_ssl_input._process_image(is_training=True, is_ssl=True)` on one record."""
+  image = schema.parse_video(serialized)["frames"]
+  image = _ref_sample_ssl_sequence(image, NUM_FRAMES, STRIDE)
+  image = _ref_decode_jpeg(image)
+  image_1, image_2 = tf.split(image, num_or_size_splits=2, axis=0)
+  views = []
+  for view, probability in ((image_1, 1.0), (image_2, 0.1)):
+    view = _ref_random_crop_resize(view, crop_size, crop_size, NUM_FRAMES, 3, (0.5, 2), (0.3, 1))
+    view = _ref_random_flip_left_right(view)
+    view = tf.cast(view, tf.float32) / 255.0
+    view = _ref_random_color_jitter_3d(view)
+    view = _ref_random_blur(view, crop_size, probability)
+    views.append(view)
+  views[1] = _ref_random_solarization(views[1])
+  image = tf.clip_by_value(tf.concat(views, axis=0), 0., 1.)
+  return image
+
+
+def reference_dataset(file_pattern, crop_size):
+  files = input_pipeline.list_files(file_pattern)
+  dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files)).repeat()
+  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  dataset = dataset.shuffle(256)
+  dataset = dataset.map(lambda s: reference_process(s, crop_size),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  dataset = dataset.batch(BATCH_SIZE, drop_remainder=True)
+  # The reference's PostBatchProcessor: [B, 2T, ...] -> [2B, T, ...].
+  dataset = dataset.map(lambda x: tf.concat(tf.split(x, 2, axis=1), axis=0))
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def decode_only_dataset(file_pattern):
+  """Reads, samples 2 × 16 frames and decodes the 32 JPEGs in full. Nothing else."""
+  files = input_pipeline.list_files(file_pattern)
+  dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files)).repeat()
+  dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  dataset = dataset.shuffle(256)
+
+  def decode(serialized):
+    frames = schema.parse_video(serialized)["frames"]
+    indices = tf.concat(_pair_indices(tf.shape(frames)[0]), axis=0)
+    decoded = tf.map_fn(lambda x: tf.image.decode_jpeg(x, channels=3), tf.gather(frames, indices),
+                        fn_output_signature=tf.uint8)
+    # A value that depends on every decoded frame, so the decodes cannot be skipped.
+    return decoded[:, 0, 0, 0]
+
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  return dataset.batch(BATCH_SIZE, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _pair_indices(num_stored):
+  from cvrl_tf import video_ops  # pylint: disable=g-import-not-at-top
+  seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+  return video_ops.sample_clip_pair_indices(num_stored, seed, NUM_FRAMES, STRIDE)
+
+
+def cvrl_dataset(file_pattern, crop_size, augment_in_step=False):
+  config = input_pipeline.PretrainDataConfig(
+      reader=input_pipeline.ReaderConfig(file_pattern=file_pattern,
+                                         per_replica_batch_size=BATCH_SIZE),
+      num_frames=NUM_FRAMES, stride=STRIDE, crop_size=crop_size, augment_in_step=augment_in_step)
+  return input_pipeline.pretrain_dataset(config)
+
+
+def measure(dataset, seconds, warmup_seconds):
+  """Clip pairs per second over `seconds`, after `warmup_seconds` of iteration."""
+  iterator = iter(dataset)
+  # Warm-up: tracing, XLA compilation and filling the buffers, by time and by batches.
+  start, warm = time.perf_counter(), 0
+  while time.perf_counter() - start < warmup_seconds or warm < 3:
+    next(iterator)
+    warm += 1
+  batches, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds or batches < 2:
+    next(iterator)
+    batches += 1
+  return batches * BATCH_SIZE / (time.perf_counter() - start)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--tfrecords", default=None,
+                      help="glob of TFRecord shards; default: generate a small set")
+  parser.add_argument("--seconds", type=float, default=15.0,
+                      help="measured seconds per pipeline (after warm-up)")
+  parser.add_argument("--crop_size", type=int, default=224)
+  parser.add_argument("--warmup_seconds", type=float, default=6.0)
+  parser.add_argument("--skip_host_part", action="store_true",
+                      help="do not measure the augment_in_step host part")
+  args = parser.parse_args(argv)
+
+  temporary = None
+  pattern = args.tfrecords
+  if pattern is None:
+    temporary = tempfile.mkdtemp(prefix="cvrl_bench_records_")
+    start = time.perf_counter()
+    pattern = write_records(temporary)
+    print(f"generated {len(glob.glob(pattern))} shards of synthetic records in {temporary} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+  try:
+    print(f"date {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}  "
+          f"tf {tf.__version__}  cpus {os.cpu_count()}  batch {BATCH_SIZE}  "
+          f"clip {NUM_FRAMES}x{STRIDE}  crop {args.crop_size}", flush=True)
+    results = {}
+    runs = [("decode_only", lambda: decode_only_dataset(pattern)),
+            ("reference", lambda: reference_dataset(pattern, args.crop_size)),
+            ("cvrl_tf", lambda: cvrl_dataset(pattern, args.crop_size))]
+    if not args.skip_host_part:
+      runs.append(("host_part", lambda: cvrl_dataset(pattern, args.crop_size, True)))
+    for name, make in runs:
+      results[name] = measure(make(), args.seconds, args.warmup_seconds)
+      print(f"{name:12s} {results[name]:7.2f} pairs/s", flush=True)
+    print(f"speed-up over reference   {results['cvrl_tf'] / results['reference']:.2f}x "
+          "(target >= 2.5x)")
+    print(f"fraction of decode limit  {results['cvrl_tf'] / results['decode_only']:.2f} "
+          "(target >= 0.50)")
+    if "host_part" in results:
+      print(f"host part (augment_in_step) / decode limit  "
+            f"{results['host_part'] / results['decode_only']:.2f}")
+    print(f"pairs_per_s {results['cvrl_tf']:.2f}")
+  finally:
+    if temporary:
+      shutil.rmtree(temporary, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()

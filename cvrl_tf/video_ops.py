@@ -1,0 +1,708 @@
+"""Pure TF ops on videos: CVRL's temporal sampling and its spatial and colour augmentations.
+
+Videos are `[T, H, W, C]` tensors (stored frames first). Every random op is *stateless*: it takes
+`seed`, an int32 tensor of shape [2], and returns the same result for the same seed eagerly,
+inside `tf.function` and inside `tf.data` (see `split_seed`). Each op draws its randomness once per
+clip when `temporally_consistent=True` (CVRL's temporally consistent spatial augmentation) and once
+per frame when False (the paper's ablation).
+
+Float images are in [0, 1]. The recipe and its defaults are SPEC §2; `AugmentationConfig` holds
+every probability and strength, and `augment_view` applies the whole colour/blur/solarize chain to one
+cropped view. `augment_clips` is the same chain vectorised over a batch `[B, T, H, W, C]`, for
+running the augmentations inside the training step on an accelerator.
+"""
+
+import dataclasses
+from typing import Tuple
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationConfig:
+  """Every knob of the CVRL augmentation recipe (SPEC §2); defaults are the paper's.
+
+  Attributes:
+    area_range: random resized crop, fraction of the frame area covered by the box.
+    aspect_ratio_range: random resized crop, width / height of the box.
+    flip_probability: horizontal flip.
+    color_jitter_probability: whether the colour jitter (all four ops, random order) runs.
+    brightness: multiplicative brightness factor drawn from U(1 - b, 1 + b) (floored at 0).
+    contrast: contrast factor drawn from U(1 - c, 1 + c).
+    saturation: saturation factor drawn from U(1 - s, 1 + s).
+    hue: hue shift drawn from U(-h, h), in turns (1 = 360°).
+    grayscale_probability: convert to grey (kept as 3 channels).
+    blur_probability_view_1, blur_probability_view_2: Gaussian blur, asymmetric (BYOL-style).
+    blur_kernel_fraction: the blur kernel side is this fraction of the crop size (23 taps at 224).
+    blur_sigma_range: σ ~ U(lo, hi), in output pixels.
+    solarize_probability_view_1, solarize_probability_view_2: solarize (view 2 only by default).
+    solarize_threshold: pixels at or above it are inverted.
+    temporally_consistent: one draw per clip for every op (True), or one per frame (False).
+  """
+  area_range: Tuple[float, float] = (0.3, 1.0)
+  aspect_ratio_range: Tuple[float, float] = (0.5, 2.0)
+  flip_probability: float = 0.5
+  color_jitter_probability: float = 0.8
+  brightness: float = 0.8
+  contrast: float = 0.8
+  saturation: float = 0.8
+  hue: float = 0.2
+  grayscale_probability: float = 0.2
+  blur_probability_view_1: float = 1.0
+  blur_probability_view_2: float = 0.1
+  blur_kernel_fraction: float = 0.1
+  blur_sigma_range: Tuple[float, float] = (0.1, 2.0)
+  solarize_probability_view_1: float = 0.0
+  solarize_probability_view_2: float = 0.2
+  solarize_threshold: float = 0.5
+  temporally_consistent: bool = True
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.name.endswith("probability") or "_probability_" in field.name:
+        if not 0.0 <= value <= 1.0:
+          raise ValueError(f"AugmentationConfig.{field.name} must be in [0, 1], got {value!r}")
+      elif field.name.endswith("_range"):
+        if len(value) != 2 or not 0.0 < value[0] <= value[1]:
+          raise ValueError(
+              f"AugmentationConfig.{field.name} must be (low, high) with 0 < low <= high, "
+              f"got {value!r}")
+    for name in ("brightness", "contrast", "saturation", "blur_kernel_fraction"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"AugmentationConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+    if not 0.0 <= self.hue <= 0.5:
+      raise ValueError(f"AugmentationConfig.hue must be in [0, 0.5] turns, got {self.hue!r}")
+    if self.area_range[1] > 1.0:
+      raise ValueError(f"AugmentationConfig.area_range must lie in (0, 1], got {self.area_range!r}")
+
+  def blur_probability(self, view: int) -> float:
+    return _per_view(self.blur_probability_view_1, self.blur_probability_view_2, view)
+
+  def solarize_probability(self, view: int) -> float:
+    return _per_view(self.solarize_probability_view_1, self.solarize_probability_view_2, view)
+
+
+def _per_view(value_1, value_2, view):
+  if view not in (1, 2):
+    raise ValueError(f"view must be 1 or 2, got {view!r}")
+  return value_1 if view == 1 else value_2
+
+
+# Seeds.
+
+
+def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
+  """[2] seed -> [num, 2] independent seeds (stateless; same answer eagerly and in graphs)."""
+  return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num)
+
+
+def _uniform(seed, shape, minval=0.0, maxval=1.0):
+  return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval)
+
+
+def _bernoulli(seed, shape, probability):
+  return tf.random.stateless_uniform(shape, seed) < probability
+
+
+def _uniform_int(seed, shape, count):
+  """Integers uniform in [0, count) for a tensor `count` >= 1 (count may vary at run time)."""
+  u = tf.random.stateless_uniform(shape, seed, dtype=tf.float64)
+  count = tf.cast(count, tf.float64)
+  return tf.cast(tf.minimum(tf.floor(u * count), count - 1), tf.int32)
+
+
+def _draws(temporally_consistent: bool, video: tf.Tensor) -> tf.Tensor:
+  """How many draws an op makes: 1 per clip, or one per frame (as a shape [n])."""
+  return tf.constant([1]) if temporally_consistent else tf.shape(video)[:1]
+
+
+# Temporal sampling.
+
+
+def clip_span(num_frames: int, stride: int) -> int:
+  """Stored frames covered by a clip: 16 frames at stride 2 span 31."""
+  return (num_frames - 1) * stride + 1
+
+
+def delta_probabilities(num_starts: int, exponent: float):
+  """P(Δ = k), k = 0 .. num_starts - 1, of `sample_delta` (for tests and plots; NumPy-free).
+
+  The continuous density on [0, M] is (e + 1)/M · (1 − Δ/M)^e; Δ is its floor, so
+  P(Δ = k) = (1 − k/M)^(e+1) − (1 − (k+1)/M)^(e+1).
+  """
+  m = float(num_starts)
+  return [(1 - k / m) ** (exponent + 1) - (1 - (k + 1) / m) ** (exponent + 1)
+          for k in range(num_starts)]
+
+
+def sample_delta(seed: tf.Tensor, num_starts: tf.Tensor, exponent: float) -> tf.Tensor:
+  """Gap between the two clip starts, from CVRL's decreasing density (SPEC §2).
+
+  Draws from p(Δ) ∝ (1 − Δ/M)^exponent on [0, M] by inverting its CDF, and floors: exponent 1 is
+  the paper's linear decrease, 0 is uniform. One draw.
+
+  Args:
+    seed: [2] int seed.
+    num_starts: M >= 1, the number of valid clip starts (stored frames − span + 1).
+    exponent: >= 0.
+
+  Returns:
+    int32 scalar in [0, M − 1].
+  """
+  if exponent < 0:
+    raise ValueError(f"delta exponent must be >= 0 (0 = uniform, 1 = linear), got {exponent!r}")
+  u = tf.random.stateless_uniform([], seed, dtype=tf.float64)
+  m = tf.cast(num_starts, tf.float64)
+  # Inverse CDF of F(Δ) = 1 − (1 − Δ/M)^(e+1).
+  delta = m * (1.0 - tf.pow(1.0 - u, 1.0 / (exponent + 1.0)))
+  return tf.cast(tf.minimum(tf.floor(delta), m - 1.0), tf.int32)
+
+
+def _clip_indices(starts: tf.Tensor, num_stored: tf.Tensor, num_frames: int, stride: int):
+  # [N, T]; the modulo loops videos shorter than a clip and is a no-op otherwise.
+  offsets = tf.range(num_frames, dtype=tf.int32) * stride
+  return tf.math.floormod(starts[:, None] + offsets[None, :], num_stored)
+
+
+def sample_clip_pair_indices(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_frames: int = 16,
+                             stride: int = 2, delta_exponent: float = 1.0):
+  """Frame indices of CVRL's two clips of one video. One draw per video.
+
+  The first start is uniform among the starts that leave room for the gap, the second is Δ later,
+  and the two clips are returned in random order. A video too short for one clip (fewer stored
+  frames than the span) gets two independent uniform starts and loops.
+
+  Args:
+    num_stored_frames: int scalar L >= 1.
+    seed: [2] int seed.
+    num_frames, stride: the clip is frames start, start + stride, ... (num_frames of them).
+    delta_exponent: exponent of the Δ density (1 linear, 0 uniform).
+
+  Returns:
+    (indices_1, indices_2), each [num_frames] int32 in [0, L).
+  """
+  num_stored = tf.cast(num_stored_frames, tf.int32)
+  num_starts = num_stored - clip_span(num_frames, stride) + 1
+  seeds = split_seed(seed, 4)
+  long_enough = num_starts >= 1
+  safe_starts = tf.maximum(num_starts, 1)
+  delta = sample_delta(seeds[0], safe_starts, delta_exponent)
+  first = _uniform_int(seeds[1], [], safe_starts - delta)
+  looped = _uniform_int(seeds[2], [2], num_stored)
+  starts = tf.where(long_enough, tf.stack([first, first + delta]), looped)
+  swap = _bernoulli(seeds[3], [], 0.5)
+  starts = tf.where(swap, tf.reverse(starts, [0]), starts)
+  indices = _clip_indices(starts, num_stored, num_frames, stride)
+  return indices[0], indices[1]
+
+
+def sample_clip_pair(video: tf.Tensor, seed: tf.Tensor, num_frames: int = 16, stride: int = 2,
+                     delta_exponent: float = 1.0):
+  """Two clips of `video` [L, ...] (any per-frame payload: JPEG strings or pixels).
+
+  Returns:
+    (clip_1, clip_2), each [num_frames, ...]; see `sample_clip_pair_indices`.
+  """
+  indices_1, indices_2 = sample_clip_pair_indices(
+      tf.shape(video)[0], seed, num_frames, stride, delta_exponent)
+  return tf.gather(video, indices_1), tf.gather(video, indices_2)
+
+
+def sample_clip_indices(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_frames: int,
+                        stride: int) -> tf.Tensor:
+  """Indices [num_frames] of one clip with a uniform start (looping short videos). One draw."""
+  num_stored = tf.cast(num_stored_frames, tf.int32)
+  num_starts = num_stored - clip_span(num_frames, stride) + 1
+  # A short video starts anywhere and loops, like the pair sampler.
+  start = _uniform_int(seed, [1], tf.where(num_starts >= 1, num_starts, num_stored))
+  return _clip_indices(start, num_stored, num_frames, stride)[0]
+
+
+def linspace_clip_indices(num_stored_frames: tf.Tensor, num_clips: int, num_frames: int,
+                          stride: int) -> tf.Tensor:
+  """Indices [num_clips, num_frames] of evenly spaced clips (multi-view evaluation).
+
+  Clip i starts at floor(i · (M − 1) / (num_clips − 1)) with M the number of valid starts: the
+  first clip starts at frame 0 and the last ends on the last stored frame. A single clip is the
+  centred one. Videos shorter than a clip start every clip at 0 and loop.
+  """
+  num_stored = tf.cast(num_stored_frames, tf.int32)
+  last_start = tf.maximum(num_stored - clip_span(num_frames, stride), 0)
+  if num_clips == 1:
+    starts = tf.reshape(last_start // 2, [1])
+  else:
+    starts = tf.range(num_clips, dtype=tf.int32) * last_start // (num_clips - 1)
+  return _clip_indices(starts, num_stored, num_frames, stride)
+
+
+# Spatial ops.
+
+
+def sample_crop_boxes(image_size: tf.Tensor, seed: tf.Tensor, num_boxes: tf.Tensor,
+                      area_range=(0.3, 1.0), aspect_ratio_range=(0.5, 2.0)) -> tf.Tensor:
+  """Random resized crop boxes, drawn like `tf.image.sample_distorted_bounding_box`.
+
+  Same sampler as the reference release (min_object_covered 0.1, 100 attempts, whole frame as the
+  fallback), made stateless.
+
+  Args:
+    image_size: [2] int (height, width) of the frames.
+    seed: [2] int seed.
+    num_boxes: 1 for a clip-wide box, T for one per frame.
+
+  Returns:
+    [num_boxes, 4] int32 (offset_y, offset_x, height, width).
+  """
+  shape = tf.concat([tf.cast(image_size, tf.int32), [3]], axis=0)
+  whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+
+  def one_box(box_seed):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=whole, seed=box_seed, min_object_covered=0.1,
+        aspect_ratio_range=aspect_ratio_range, area_range=area_range, max_attempts=100,
+        use_image_if_no_bounding_boxes=True)
+    return tf.concat([begin[:2], size[:2]], axis=0)
+
+  if isinstance(num_boxes, int) and num_boxes == 1:
+    # A static [1, 4] shape tells `crop_and_resize` to crop the clip as one tensor.
+    return one_box(seed)[None]
+  return tf.map_fn(one_box, split_seed(seed, num_boxes), fn_output_signature=tf.int32)
+
+
+def crop_and_resize(video: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+  """Crops each frame with its box and resizes bilinearly to size × size.
+
+  Args:
+    video: [T, H, W, C] any real dtype.
+    boxes: [1, 4] (one box for the clip) or [T, 4] (one per frame), as from `sample_crop_boxes`.
+    size: output side.
+
+  Returns:
+    [T, size, size, C] float32 (values in the input's units).
+  """
+  if boxes.shape[0] == 1:
+    y, x, h, w = tf.unstack(boxes[0])
+    return tf.image.resize(video[:, y:y + h, x:x + w], [size, size])
+  return tf.map_fn(
+      lambda args: tf.image.resize(
+          args[0][args[1][0]:args[1][0] + args[1][2], args[1][1]:args[1][1] + args[1][3]],
+          [size, size]),
+      (video, boxes), fn_output_signature=tf.float32)
+
+
+def random_resized_crop(video: tf.Tensor, seed: tf.Tensor, size: int, area_range=(0.3, 1.0),
+                        aspect_ratio_range=(0.5, 2.0), temporally_consistent: bool = True):
+  """Random box (area and aspect ranges) resized to size × size. One box per clip (or per frame).
+
+  Args:
+    video: [T, H, W, C] decoded frames.
+
+  Returns:
+    [T, size, size, C] float32.
+  """
+  num_boxes = 1 if temporally_consistent else tf.shape(video)[0]
+  boxes = sample_crop_boxes(tf.shape(video)[1:3], seed, num_boxes, area_range, aspect_ratio_range)
+  return crop_and_resize(video, boxes, size)
+
+
+def decode_jpeg_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: int,
+                        padded_size: tf.Tensor) -> tf.Tensor:
+  """Decodes only the crop window of each JPEG frame, top-left aligned in a zero canvas.
+
+  `tf.image.decode_and_crop_jpeg` skips what lies outside the window and never builds the full
+  frame. Frames are decoded by `num_frames` unrolled ops so tf.data's threads decode them in
+  parallel. The canvas has a fixed size per dataset so that `resize_windows` compiles once.
+
+  Args:
+    jpegs: [num_frames] tf.string, all frames of one size.
+    boxes: [1, 4] or [num_frames, 4] (offset_y, offset_x, height, width).
+    num_frames: static T.
+    padded_size: [2] canvas (height, width), at least the largest window.
+
+  Returns:
+    [T, padded_h, padded_w, 3] uint8.
+  """
+  def canvas(window):
+    pad = padded_size - tf.shape(window)[:2]
+    return tf.pad(window, [[0, pad[0]], [0, pad[1]], [0, 0]])
+
+  if boxes.shape[0] == 1:
+    windows = tf.stack([
+        tf.image.decode_and_crop_jpeg(jpegs[t], boxes[0], channels=3) for t in range(num_frames)])
+    pad = padded_size - tf.shape(windows)[1:3]
+    return tf.pad(windows, [[0, 0], [0, pad[0]], [0, pad[1]], [0, 0]])
+  return tf.stack([canvas(tf.image.decode_and_crop_jpeg(jpegs[t], boxes[t], channels=3))
+                   for t in range(num_frames)])
+
+
+def _bilinear_taps(in_sizes, out_size):
+  # TF's half-pixel bilinear sampling (tf.image.resize, antialias=False), per window: [n, S].
+  scale = tf.cast(in_sizes, tf.float32)[:, None] / out_size
+  x = (tf.range(out_size, dtype=tf.float32)[None, :] + 0.5) * scale - 0.5
+  x_floor = tf.floor(x)
+  last = in_sizes[:, None] - 1
+  lower = tf.maximum(tf.cast(x_floor, tf.int32), 0)
+  upper = tf.minimum(tf.cast(tf.math.ceil(x), tf.int32), last)
+  return lower, upper, x - x_floor
+
+
+def resize_windows(canvas: tf.Tensor, window_sizes: tf.Tensor, size: int,
+                   flip: tf.Tensor) -> tf.Tensor:
+  """Bilinear resize of each frame's top-left window to size × size, optionally mirrored.
+
+  Same sampling as `tf.image.resize(window, [size, size])` (bilinear, half-pixel centres), written
+  as row and column gathers so that XLA can fuse it with the colour ops that follow; the flip is
+  free (reversed column taps).
+
+  Args:
+    canvas: [T, H, W, C] (uint8 or float), the window at the top left of each frame.
+    window_sizes: [n, 2] int32 (height, width), n = 1 (shared) or T.
+    size: output side.
+    flip: [n] bool, mirror horizontally.
+
+  Returns:
+    [T, size, size, C] float32 in the input's units.
+  """
+  num_frames = tf.shape(canvas)[0]
+  canvas = tf.cast(canvas, tf.float32)
+  window_sizes = tf.broadcast_to(window_sizes, [num_frames, 2])
+  flip = tf.broadcast_to(tf.reshape(flip, [-1]), [num_frames])
+  top, bottom, y_lerp = _bilinear_taps(window_sizes[:, 0], size)
+  left, right, x_lerp = _bilinear_taps(window_sizes[:, 1], size)
+  flip_cols = flip[:, None]
+  left, right, x_lerp = (tf.where(flip_cols, tf.reverse(v, [1]), v) for v in (left, right, x_lerp))
+  top_rows = tf.gather(canvas, top, axis=1, batch_dims=1)  # [T, S, W, C]
+  bottom_rows = tf.gather(canvas, bottom, axis=1, batch_dims=1)
+  x_lerp = x_lerp[:, None, :, None]
+
+  def along_x(rows):
+    lefts = tf.gather(rows, left, axis=2, batch_dims=1)  # [T, S, S, C]
+    rights = tf.gather(rows, right, axis=2, batch_dims=1)
+    return lefts + (rights - lefts) * x_lerp
+
+  top_rows, bottom_rows = along_x(top_rows), along_x(bottom_rows)
+  return top_rows + (bottom_rows - top_rows) * y_lerp[:, :, None, None]
+
+
+def random_flip_left_right(video: tf.Tensor, seed: tf.Tensor, probability: float = 0.5,
+                           temporally_consistent: bool = True) -> tf.Tensor:
+  """Horizontal flip of [T, H, W, C] with `probability`. One coin per clip (or per frame)."""
+  flip = _bernoulli(seed, _draws(temporally_consistent, video), probability)
+  return tf.where(flip[:, None, None, None], tf.reverse(video, axis=[2]), video)
+
+
+# Colour ops. Inputs are float [..., H, W, 3] in [0, 1]; factors broadcast against the leading axes,
+# so the same code serves one draw per clip ([1, 1, 1, 1]), per frame ([T, 1, 1, 1]) and per clip of
+# a batch ([B, 1, 1, 1, 1]).
+
+
+def adjust_brightness(images: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Multiplicative brightness (SimCLR v2 style), clipped to [0, 1]."""
+  return tf.clip_by_value(images * factor, 0.0, 1.0)
+
+
+def adjust_contrast(images: tf.Tensor, factor: tf.Tensor, mean_axes) -> tf.Tensor:
+  """(x − mean) · factor + mean per channel, the mean taken over `mean_axes`; clipped to [0, 1]."""
+  mean = tf.reduce_mean(images, axis=mean_axes, keepdims=True)
+  return tf.clip_by_value((images - mean) * factor + mean, 0.0, 1.0)
+
+
+def adjust_saturation_and_hue(images: tf.Tensor, saturation_factor: tf.Tensor,
+                              hue_delta: tf.Tensor) -> tf.Tensor:
+  """`tf.image.adjust_saturation` then `adjust_hue` with broadcastable factors, one HSV round trip.
+
+  Matches the TF ops: S ← clip(S · factor, 0, 1), H ← (H + delta) mod 1; clipped to [0, 1].
+  """
+  hsv = tf.image.rgb_to_hsv(images)
+  h, s, v = tf.unstack(hsv, axis=-1)
+  s = tf.clip_by_value(s * saturation_factor[..., 0], 0.0, 1.0)
+  h = tf.math.floormod(h + hue_delta[..., 0], 1.0)
+  return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)), 0.0, 1.0)
+
+
+def to_grayscale(images: tf.Tensor) -> tf.Tensor:
+  """ITU-R 601 luma (as `tf.image.rgb_to_grayscale`), repeated on 3 channels."""
+  gray = tf.image.rgb_to_grayscale(images)
+  return tf.concat([gray, gray, gray], axis=-1)
+
+
+def _jitter_factors(seed, n, brightness, contrast, saturation, hue):
+  seeds = split_seed(seed, 4)
+  # Brightness is floored at 0 like the reference release (a factor below 0 would invert).
+  return (_uniform(seeds[0], [n], max(1.0 - brightness, 0.0), 1.0 + brightness),
+          _uniform(seeds[1], [n], 1.0 - contrast, 1.0 + contrast),
+          _uniform(seeds[2], [n], 1.0 - saturation, 1.0 + saturation),
+          _uniform(seeds[3], [n], -hue, hue))
+
+
+def _random_order(seed, n):
+  # [n, 4]: a random permutation of the four jitter ops for each draw.
+  return tf.argsort(tf.random.stateless_uniform([n, 4], seed), axis=-1, stable=True)
+
+
+def color_jitter(video: tf.Tensor, seed: tf.Tensor, brightness: float = 0.8,
+                 contrast: float = 0.8, saturation: float = 0.8, hue: float = 0.2,
+                 temporally_consistent: bool = True) -> tf.Tensor:
+  """Brightness, contrast, saturation and hue in random order, clipped after each (SimCLR style).
+
+  One set of factors and one order per clip (or per frame). The contrast mean is taken over the
+  whole clip, as the reference release does (it jitters the clip as one tall image).
+
+  Args:
+    video: [T, H, W, 3] float in [0, 1].
+
+  Returns:
+    [T, H, W, 3] float in [0, 1].
+  """
+  if not temporally_consistent:
+    return _color_jitter_masked(video, seed, brightness, contrast, saturation, hue)
+  seeds = split_seed(seed, 2)
+  b, c, s, h = _jitter_factors(seeds[0], 1, brightness, contrast, saturation, hue)
+  order = _random_order(seeds[1], 1)[0]
+  branches = [
+      lambda x: adjust_brightness(x, b[0]),
+      lambda x: adjust_contrast(x, c[0], mean_axes=[0, 1, 2]),
+      lambda x: tf.clip_by_value(tf.image.adjust_saturation(x, s[0]), 0.0, 1.0),
+      lambda x: tf.clip_by_value(tf.image.adjust_hue(x, h[0]), 0.0, 1.0),
+  ]
+  for step in range(4):
+    # A tf.switch_case runs only the chosen op: 4 ops instead of the 16 a vectorised select needs.
+    video = tf.switch_case(order[step], [lambda fn=fn, x=video: fn(x) for fn in branches])
+  return video
+
+
+def _color_jitter_masked(images, seed, brightness, contrast, saturation, hue):
+  """Vectorised colour jitter: one draw (factors and order) per index of the leading axis.
+
+  `images` is [N, ..., H, W, 3]: a video drawn per frame ([T, H, W, 3]) or a batch of clips drawn
+  per clip ([B, T, H, W, 3]); the contrast mean is over everything but N and the channels. At step
+  k every draw applies only its k-th op, the others get identity factors (1, 1, 1, 0), so no
+  per-draw control flow is needed. Saturation and hue share one HSV round trip since one of the two
+  is always the identity.
+  """
+  n = tf.shape(images)[0]
+  seeds = split_seed(seed, 2)
+  b, c, s, h = _jitter_factors(seeds[0], n, brightness, contrast, saturation, hue)
+  order = _random_order(seeds[1], n)  # [N, 4]
+  rank = len(images.shape)
+  shape = [-1] + [1] * (rank - 1)
+  mean_axes = list(range(1, rank - 1))
+  for step in range(4):
+    op = order[:, step]
+    pick = lambda values, index, identity: tf.reshape(
+        tf.where(op == index, values, identity), shape)
+    images = adjust_brightness(images, pick(b, 0, 1.0))
+    images = adjust_contrast(images, pick(c, 1, 1.0), mean_axes)
+    images = adjust_saturation_and_hue(images, pick(s, 2, 1.0), pick(h, 3, 0.0))
+  return images
+
+
+def random_color_jitter(video: tf.Tensor, seed: tf.Tensor, probability: float = 0.8,
+                        brightness: float = 0.8, contrast: float = 0.8, saturation: float = 0.8,
+                        hue: float = 0.2, temporally_consistent: bool = True) -> tf.Tensor:
+  """`color_jitter` with `probability`. One coin and one set of factors per clip (or frame)."""
+  seeds = split_seed(seed, 2)
+  apply = _bernoulli(seeds[0], _draws(temporally_consistent, video), probability)
+  if temporally_consistent:
+    return tf.cond(
+        apply[0],
+        lambda: color_jitter(video, seeds[1], brightness, contrast, saturation, hue),
+        lambda: video)
+  jittered = color_jitter(video, seeds[1], brightness, contrast, saturation, hue,
+                          temporally_consistent=False)
+  return tf.where(apply[:, None, None, None], jittered, video)
+
+
+def random_grayscale(video: tf.Tensor, seed: tf.Tensor, probability: float = 0.2,
+                     temporally_consistent: bool = True) -> tf.Tensor:
+  """Grayscale with `probability`. One coin per clip (or per frame)."""
+  apply = _bernoulli(seed, _draws(temporally_consistent, video), probability)
+  if temporally_consistent:
+    return tf.cond(apply[0], lambda: to_grayscale(video), lambda: video)
+  return tf.where(apply[:, None, None, None], to_grayscale(video), video)
+
+
+def blur_kernel_size(crop_size: int, fraction: float = 0.1) -> int:
+  """Odd kernel side: 10% of the crop, rounded up to odd as the reference does (224 -> 23)."""
+  return 2 * int(crop_size * fraction / 2) + 1
+
+
+def blur_radius(sigma_max, kernel_size: int):
+  """Taps kept on each side: 4σ rounded up to even, at most kernel_size // 2.
+
+  Beyond 4σ the Gaussian's weights sum to < 7e-5 of the total, far below one 8-bit step;
+  dropping them takes the blur from 23 taps to 11 on average over σ ~ U(0.1, 2), halving its cost.
+  Rounding to even radii leaves a handful of static kernel lengths, which XLA needs.
+  """
+  radius = 2 * tf.cast(tf.math.ceil(2.0 * tf.cast(sigma_max, tf.float32)), tf.int32)
+  return tf.clip_by_value(radius, 0, kernel_size // 2)
+
+
+def _blur_along(images, weights, radius, axis):
+  # Zero padding ("SAME"), then a weighted sum of 2r + 1 shifted slices: XLA fuses it into one
+  # vectorised loop; a depthwise convolution with 3 channels is several times slower on CPU.
+  size = tf.shape(images)[axis]
+  paddings = [[0, 0]] * 4
+  paddings[axis] = [radius, radius]
+  padded = tf.pad(images, paddings)
+  out = None
+  for tap in range(2 * radius + 1):
+    begin = [0, 0, 0, 0]
+    begin[axis] = tap
+    sizes = [-1, -1, -1, -1]
+    sizes[axis] = size
+    term = weights[tap] * tf.slice(padded, begin, sizes)
+    out = term if out is None else out + term
+  return out
+
+
+def gaussian_blur(images: tf.Tensor, sigmas: tf.Tensor, kernel_size: int) -> tf.Tensor:
+  """Separable Gaussian blur with zero ("SAME") padding, like the reference release.
+
+  The kernel is the reference's (kernel_size taps, normalised) truncated at `blur_radius` of the
+  largest σ and renormalised.
+
+  Args:
+    images: [N, H, W, C] float.
+    sigmas: [1] (one σ for all) or [N] (one per image).
+    kernel_size: odd int, see `blur_kernel_size`.
+
+  Returns:
+    [N, H, W, C] float32.
+  """
+  images = tf.cast(images, tf.float32)
+  sigmas = tf.cast(tf.reshape(sigmas, [-1]), tf.float32)
+  full_radius = kernel_size // 2
+  radii = sorted({min(r, full_radius) for r in range(0, full_radius + 2, 2)})
+
+  def blur_with(radius):
+    def blur():
+      x = tf.cast(tf.range(-radius, radius + 1), tf.float32)[:, None]
+      kernels = tf.exp(-tf.square(x) / (2.0 * tf.square(sigmas[None, :])))
+      kernels /= tf.reduce_sum(kernels, axis=0, keepdims=True)
+      weights = tf.reshape(kernels, [2 * radius + 1, -1, 1, 1, 1])  # [taps, N or 1, 1, 1, 1]
+      return _blur_along(_blur_along(images, weights, radius, axis=2), weights, radius, axis=1)
+    return blur
+
+  needed = blur_radius(tf.reduce_max(sigmas), kernel_size)
+  branch = tf.reduce_sum(tf.cast(tf.constant(radii) < needed, tf.int32))
+  return tf.switch_case(branch, [blur_with(r) for r in radii])
+
+
+def random_gaussian_blur(video: tf.Tensor, seed: tf.Tensor, probability: float,
+                         kernel_size: int, sigma_range=(0.1, 2.0),
+                         temporally_consistent: bool = True) -> tf.Tensor:
+  """Gaussian blur with `probability`, σ ~ U(sigma_range). One coin and σ per clip (or frame).
+
+  Args:
+    video: [T, H, W, C] float.
+  """
+  seeds = split_seed(seed, 2)
+  n = _draws(temporally_consistent, video)
+  apply = _bernoulli(seeds[0], n, probability)
+  sigmas = _uniform(seeds[1], n, sigma_range[0], sigma_range[1])
+  if temporally_consistent:
+    return tf.cond(apply[0], lambda: gaussian_blur(video, sigmas, kernel_size), lambda: video)
+  return tf.where(apply[:, None, None, None], gaussian_blur(video, sigmas, kernel_size), video)
+
+
+def solarize(images: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+  """x below the threshold, 1 − x at or above it (images in [0, 1])."""
+  return tf.where(images < threshold, images, 1.0 - images)
+
+
+def random_solarize(video: tf.Tensor, seed: tf.Tensor, probability: float = 0.2,
+                    threshold: float = 0.5, temporally_consistent: bool = True) -> tf.Tensor:
+  """Solarize with `probability`. One coin per clip (or per frame)."""
+  apply = _bernoulli(seed, _draws(temporally_consistent, video), probability)
+  if temporally_consistent:
+    return tf.cond(apply[0], lambda: solarize(video, threshold), lambda: video)
+  return tf.where(apply[:, None, None, None], solarize(video, threshold), video)
+
+
+def augment_view(video: tf.Tensor, seed: tf.Tensor, config: AugmentationConfig,
+                 view: int) -> tf.Tensor:
+  """The colour part of the recipe on one cropped, flipped view: jitter, grey, blur, solarize.
+
+  Args:
+    video: [T, S, S, 3] float in [0, 1] (cropped to the final size: the colour ops run after the
+      resize, on the fewest pixels).
+    seed: [2] int seed.
+    config: the recipe.
+    view: 1 or 2 (blur and solarize probabilities differ per view).
+
+  Returns:
+    [T, S, S, 3] float32 in [0, 1].
+  """
+  return augment_view_with(video, seed, config, config.blur_probability(view),
+                           config.solarize_probability(view))
+
+
+def augment_view_with(video: tf.Tensor, seed: tf.Tensor, config: AugmentationConfig,
+                      blur_probability, solarize_probability) -> tf.Tensor:
+  """`augment_view` with the per-view probabilities given (floats or scalar tensors).
+
+  With tensors, one compiled function serves both views.
+  """
+  consistent = config.temporally_consistent
+  seeds = split_seed(seed, 4)
+  video = random_color_jitter(video, seeds[0], config.color_jitter_probability,
+                              config.brightness, config.contrast, config.saturation, config.hue,
+                              consistent)
+  video = random_grayscale(video, seeds[1], config.grayscale_probability, consistent)
+  kernel_size = blur_kernel_size(int(video.shape[-2]), config.blur_kernel_fraction)
+  video = random_gaussian_blur(video, seeds[2], blur_probability, kernel_size,
+                               config.blur_sigma_range, consistent)
+  video = random_solarize(video, seeds[3], solarize_probability, config.solarize_threshold,
+                          consistent)
+  return tf.clip_by_value(video, 0.0, 1.0)
+
+
+def augment_clips(clips: tf.Tensor, seed: tf.Tensor, config: AugmentationConfig,
+                  view: int) -> tf.Tensor:
+  """`augment_view` on a batch, vectorised: for the training step on an accelerator.
+
+  Every op is elementwise or a depthwise convolution with per-draw factors, so XLA fuses it and no
+  per-example control flow remains. Draws are per clip (or per frame when
+  `config.temporally_consistent` is False). Distribution-equivalent to `augment_view`, but not the
+  same random numbers for a given seed.
+
+  Args:
+    clips: [B, T, S, S, 3] uint8 (as the pipeline yields with `augment_in_step=True`) or float in
+      [0, 1].
+    seed: [2] int seed; give each step (and replica) its own, e.g. fold in the step number.
+    config: the recipe.
+    view: 1 or 2.
+
+  Returns:
+    [B, T, S, S, 3] float32 in [0, 1].
+  """
+  if clips.dtype == tf.uint8:
+    clips = tf.cast(clips, tf.float32) / 255.0
+  clips = tf.cast(clips, tf.float32)
+  shape = tf.shape(clips)
+  b, t = shape[0], shape[1]
+  consistent = config.temporally_consistent
+  lead = b if consistent else b * t
+  # [draws, ...] with one independent draw per leading index.
+  draws = clips if consistent else tf.reshape(clips, tf.concat([[b * t, 1], shape[2:]], 0))
+  seeds = split_seed(seed, 9)
+  apply = _bernoulli(seeds[0], [lead], config.color_jitter_probability)
+  jittered = _color_jitter_masked(draws, seeds[1], config.brightness, config.contrast,
+                                  config.saturation, config.hue)
+  mask = lambda m: tf.reshape(m, [lead, 1, 1, 1, 1])
+  draws = tf.where(mask(apply), jittered, draws)
+  gray = _bernoulli(seeds[2], [lead], config.grayscale_probability)
+  draws = tf.where(mask(gray), to_grayscale(draws), draws)
+  blur = _bernoulli(seeds[3], [lead], config.blur_probability(view))
+  sigmas = _uniform(seeds[4], [lead], *config.blur_sigma_range)
+  # Blur per frame with each frame's clip σ: [B·T, S, S, 3].
+  frames = tf.reshape(draws, tf.concat([[-1], shape[2:]], 0))
+  frame_sigmas = tf.repeat(sigmas, t) if consistent else sigmas
+  kernel_size = blur_kernel_size(int(clips.shape[-2]), config.blur_kernel_fraction)
+  blurred = tf.reshape(gaussian_blur(frames, frame_sigmas, kernel_size), tf.shape(draws))
+  draws = tf.where(mask(blur), blurred, draws)
+  solar = _bernoulli(seeds[5], [lead], config.solarize_probability(view))
+  draws = tf.where(mask(solar), solarize(draws, config.solarize_threshold), draws)
+  return tf.clip_by_value(tf.reshape(draws, shape), 0.0, 1.0)
