@@ -1,0 +1,269 @@
+"""The typed config tree of an experiment, how to load one, and the `key=value` override syntax.
+
+An experiment is a Python file in experiments/ (or anywhere: pass its path) with a function
+`get_config() -> ExperimentConfig`. Overrides address any leaf by its dotted path:
+
+    python -m cvrl_tf.train --experiment=cvrl_k600 \
+        --config=train.global_batch_size=256 --config=data.reader.file_pattern='/data/k600/train-*'
+
+Values are parsed by the field's type: int, float, bool (true/false), str, tuples
+(comma-separated: `model.stage_filters=8,16,32,64`), Optional (`none`). A key that does not exist
+is an error that lists the valid ones.
+"""
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import typing
+from typing import Iterable, Literal, Optional, Tuple
+
+from cvrl_tf import input_pipeline
+from cvrl_tf import schedules
+
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "experiments")
+
+
+class ConfigError(ValueError):
+  """A wrong experiment name, key or value; the message says what is valid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The backbone (cvrl_tf.resnet3d.ResNet3D) and the projection head (cvrl_tf.heads)."""
+  depth: int = 50
+  width_multiplier: float = 1.0
+  stem_filters: Optional[int] = None                 # None: 64 × width_multiplier
+  stage_filters: Optional[Tuple[int, ...]] = None    # None: (64, 128, 256, 512) × width
+  stem_temporal_kernel: int = 5
+  stem_temporal_stride: int = 2
+  temporal_kernels: Tuple[int, ...] = (1, 1, 3, 3)
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  sync_batch_norm: bool = True
+  head_hidden_sizes: Tuple[int, ...] = (2048, 2048, 2048)
+  head_output_size: int = 128
+  head_bn_momentum: float = 0.997
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Learning rate = base_learning_rate × global_batch_size / reference_batch_size."""
+  name: Literal["lars", "sgd"] = "lars"
+  base_learning_rate: float = 0.32
+  reference_batch_size: int = 1024
+  momentum: float = 0.9
+  trust_coefficient: float = 0.001       # LARS only
+  weight_decay: float = 1e-6             # on conv and dense kernels only
+  warmup_epochs: float = 5.0             # then cosine decay to 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The training loop. Steps per epoch = num_train_examples // global_batch_size."""
+  global_batch_size: int = 1024
+  epochs: float = 800.0
+  num_train_examples: int = 0            # videos in the training split (dataset_info.json)
+  max_steps: Optional[int] = None        # stop early (smoke tests); None: epochs × steps/epoch
+  temperature: float = 0.1
+  steps_per_loop: int = 10               # steps per tf.function call
+  log_every_steps: int = 10
+  checkpoint_every_steps: int = 1000
+  keep_checkpoints: int = 5
+  mixed_precision: Literal["float32", "mixed_bfloat16"] = "float32"
+  strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+  tpu: str = ""                          # TPU name or address, for strategy tpu / auto
+  seed: int = 0
+  deterministic: bool = False            # tf.config.experimental.enable_op_determinism
+  init_checkpoint: str = ""              # cvrl_tf or imported reference backbone checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  name: str = ""
+  data: input_pipeline.PretrainDataConfig = dataclasses.field(
+      default_factory=input_pipeline.PretrainDataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+  @property
+  def steps_per_epoch(self) -> float:
+    """Not rounded: the reference release's schedule is in steps of epochs × N / batch."""
+    return self.train.num_train_examples / self.train.global_batch_size
+
+  @property
+  def total_steps(self) -> int:
+    if self.train.max_steps is not None:
+      return self.train.max_steps
+    return schedules.epochs_to_steps(self.train.epochs, self.steps_per_epoch)
+
+  @property
+  def warmup_steps(self) -> int:
+    return min(self.total_steps,
+               schedules.epochs_to_steps(self.optimizer.warmup_epochs, self.steps_per_epoch))
+
+  @property
+  def learning_rate(self) -> float:
+    """The peak learning rate: base × global batch / reference batch (linear scaling)."""
+    return schedules.scaled_learning_rate(self.train.global_batch_size,
+                                          self.optimizer.base_learning_rate,
+                                          self.optimizer.reference_batch_size)
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+  """Checks the values no single field can check alone; returns `config`."""
+  train = config.train
+  if train.global_batch_size < 2:
+    raise ConfigError(f"train.global_batch_size must be >= 2 (negatives come from the batch), "
+                      f"got {train.global_batch_size}")
+  if train.max_steps is None and config.total_steps < 1:
+    raise ConfigError(
+        f"train.num_train_examples={train.num_train_examples} gives no full batch of "
+        f"{train.global_batch_size}: set it to the number of training videos "
+        "(dataset_info.json, splits.train.videos)")
+  if not config.data.reader.file_pattern:
+    raise ConfigError("data.reader.file_pattern is empty: set it to the training shards, e.g. "
+                      "--config=data.reader.file_pattern=/data/k600/train-*.tfrecord")
+  for name in ("steps_per_loop", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if getattr(train, name) < 1:
+      raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
+  if train.temperature <= 0:
+    raise ConfigError(f"train.temperature must be > 0, got {train.temperature}")
+  return config
+
+
+# ---- overrides
+
+
+def _all_keys(config, prefix="") -> list:
+  keys = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      keys += _all_keys(value, f"{prefix}{field.name}.")
+    else:
+      keys.append(f"{prefix}{field.name}")
+  return keys
+
+
+def _parse_scalar(text: str, kind, key: str):
+  text = text.strip()
+  if kind is bool:
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"{key}={text!r}: expected true or false")
+  if kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      raise ConfigError(f"{key}={text!r}: expected {'an integer' if kind is int else 'a number'}")
+  if kind is str:
+    return text
+  raise ConfigError(f"{key}: a field of type {kind} cannot be set with key=value")
+
+
+def parse_value(text: str, annotation, key: str):
+  """Parses `text` as a value of the type `annotation` (see the module docstring)."""
+  origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+  if origin is typing.Union and type(None) in args:
+    if text.strip().lower() in ("none", "null"):
+      return None
+    return parse_value(text, next(a for a in args if a is not type(None)), key)
+  if origin is Literal:
+    if text.strip() not in args:
+      raise ConfigError(f"{key}={text!r}: expected one of {', '.join(map(str, args))}")
+    return text.strip()
+  if origin is tuple:
+    element = args[0] if args else str
+    return tuple(_parse_scalar(part, element, key) for part in text.split(",") if part.strip())
+  return _parse_scalar(text, annotation, key)
+
+
+def _replace(config, path: list, text: str, key: str):
+  names = [f.name for f in dataclasses.fields(config)]
+  if path[0] not in names:
+    parent = key[:len(key) - len(".".join(path))]
+    raise ConfigError(f"unknown config key {key!r}; valid keys under "
+                      f"{parent.rstrip('.') or 'the root'}: {', '.join(_all_keys(config, parent))}")
+  current = getattr(config, path[0])
+  if len(path) == 1:
+    if dataclasses.is_dataclass(current):
+      raise ConfigError(f"{key!r} is a group; set one of {', '.join(_all_keys(current, key + '.'))}")
+    hint = typing.get_type_hints(type(config))[path[0]]
+    return dataclasses.replace(config, **{path[0]: parse_value(text, hint, key)})
+  if not dataclasses.is_dataclass(current):
+    raise ConfigError(f"unknown config key {key!r}: {path[0]!r} has no sub-keys")
+  return dataclasses.replace(config, **{path[0]: _replace(current, path[1:], text, key)})
+
+
+def apply_overrides(config, overrides: Iterable[str]):
+  """Returns `config` with each `dotted.key=value` applied in order."""
+  for override in overrides:
+    if "=" not in override:
+      raise ConfigError(f"--config={override!r} is not of the form key=value")
+    key, text = override.split("=", 1)
+    config = _replace(config, key.strip().split("."), text, key.strip())
+  return config
+
+
+# ---- experiments
+
+
+def available_experiments() -> list:
+  return sorted(name[:-3] for name in os.listdir(EXPERIMENTS_DIR)
+                if name.endswith(".py") and not name.startswith("_"))
+
+
+def _experiment_path(name_or_path: str) -> str:
+  if name_or_path.endswith(".py") or os.sep in name_or_path:
+    if not os.path.isfile(name_or_path):
+      raise ConfigError(f"experiment file {name_or_path!r} does not exist")
+    return name_or_path
+  path = os.path.join(EXPERIMENTS_DIR, name_or_path + ".py")
+  if not os.path.isfile(path):
+    raise ConfigError(f"unknown experiment {name_or_path!r}; available: "
+                      f"{', '.join(available_experiments())} (or a path to an experiment file)")
+  return path
+
+
+@contextlib.contextmanager
+def _importable(directory: str):
+  sys.path.insert(0, directory)
+  try:
+    yield
+  finally:
+    sys.path.remove(directory)
+
+
+def load_experiment(name_or_path: str, overrides: Iterable[str] = ()) -> ExperimentConfig:
+  """Loads experiments/NAME.py (or a file path), applies overrides, validates."""
+  path = _experiment_path(name_or_path)
+  spec = importlib.util.spec_from_file_location(
+      "cvrl_experiment_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  with _importable(os.path.dirname(os.path.abspath(path))):  # experiments import each other
+    spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} has no get_config() function")
+  config = module.get_config()
+  if not config.name:
+    config = dataclasses.replace(config, name=os.path.splitext(os.path.basename(path))[0])
+  return validate(apply_overrides(config, overrides))
+
+
+def to_dict(config) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def to_json(config: ExperimentConfig) -> str:
+  """The resolved config, plus the derived numbers a reader would otherwise compute."""
+  data = to_dict(config)
+  data["derived"] = {"steps_per_epoch": config.steps_per_epoch, "total_steps": config.total_steps,
+                     "warmup_steps": config.warmup_steps, "learning_rate": config.learning_rate}
+  return json.dumps(data, indent=2) + "\n"
