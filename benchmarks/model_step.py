@@ -1,0 +1,143 @@
+"""Training-step throughput of R3D-50: forward + backward + SGD update, clips/s.
+
+  .venv/bin/python benchmarks/model_step.py                      # baseline, fp32, bf16 (~2 min)
+  .venv/bin/python benchmarks/model_step.py --modes=fp32,fp32_xla,baseline --steps=10
+
+Batch 4 clips × 8×112×112×3, CVRL's R3D-50 (SPEC.md §2) → pooled 2048-d → Dense(400) →
+cross-entropy; SGD momentum 0.9. Modes:
+
+  baseline   the same network written with plain keras.layers.Conv3D / MaxPooling3D (what a
+             straightforward Keras 3 port runs): the comparison measured in the same run
+  fp32       cvrl_tf.resnet3d.ResNet3D (FoldedConv3D: 1×k×k convs as conv2d, 1×1×1 as matmul)
+  bf16       the same under the mixed_bfloat16 policy
+  fp32_xla, bf16_xla, baseline_xla   the step compiled with jit_compile=True
+
+The last two lines compare fp32 with the reference release's 3.4 clips/s on this machine kind
+(SPEC.md §6, an anchor measured elsewhere: the reference cannot run here) and, as the LAST line,
+with the baseline measured in this run.
+"""
+
+import time
+
+from absl import app
+from absl import flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cvrl_tf import resnet3d
+
+_MODES = flags.DEFINE_list("modes", ["baseline", "fp32", "bf16"],
+                           "Any of baseline, fp32, bf16, and their *_xla variants.")
+# bf16 runs ≈ 14 s a step on a CPU without native bfloat16 (AVX2): few steps keep the default
+# run near 2 minutes.
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per mode (the median is reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps first (tracing, XLA compilation).")
+_BATCH = flags.DEFINE_integer("batch", 4, "Clips per step.")
+
+FRAMES, SIZE, CLASSES = 8, 112, 400
+REFERENCE_CLIPS_PER_S = 3.4  # SPEC.md §6: the reference release, fp32, this machine kind
+
+
+def plain_conv3d_r3d50() -> keras.Model:
+  """R3D-50 with stock Keras layers only: the baseline FoldedConv3D is measured against."""
+  conv = lambda x, n, k, s=1: keras.layers.Conv3D(n, k, s, padding="same", use_bias=False)(x)
+  bn = lambda x: keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+  inputs = keras.Input((None, None, None, 3))
+  x = keras.layers.ReLU()(bn(conv(inputs, 64, (5, 7, 7), (2, 2, 2))))
+  x = keras.layers.MaxPooling3D((1, 3, 3), (1, 2, 2), padding="same")(x)
+  channels = 64
+  for stage, (filters, blocks, kt) in enumerate(zip(resnet3d.STAGE_FILTERS, resnet3d.BLOCKS[50],
+                                                    resnet3d.TEMPORAL_KERNELS)):
+    for block in range(blocks):
+      stride = 2 if stage > 0 and block == 0 else 1
+      shortcut = x
+      if channels != 4 * filters:
+        shortcut = bn(conv(x, 4 * filters, 1, (1, stride, stride)))
+      y = keras.layers.ReLU()(bn(conv(x, filters, (kt, 1, 1))))
+      y = keras.layers.ReLU()(bn(conv(y, filters, (1, 3, 3), (1, stride, stride))))
+      y = bn(conv(y, 4 * filters, 1))
+      x = keras.layers.ReLU()(keras.layers.Add()([y, shortcut]))
+      channels = 4 * filters
+  pooled = keras.layers.GlobalAveragePooling3D(dtype="float32")(x)
+  return keras.Model(inputs, {"pooled": pooled})
+
+
+def make_train_step(mode: str):
+  """A warmed-up `step()` of `mode` that runs one forward + backward + SGD update."""
+  precision = "mixed_bfloat16" if mode.startswith("bf16") else "float32"
+  keras.mixed_precision.set_dtype_policy(precision)
+  try:
+    keras.utils.set_random_seed(0)
+    backbone = (plain_conv3d_r3d50() if mode.startswith("baseline")
+                else resnet3d.ResNet3D(depth=50))
+    classifier = keras.layers.Dense(CLASSES, dtype="float32")
+  finally:
+    keras.mixed_precision.set_dtype_policy("float32")
+  optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+  clips = tf.random.uniform([_BATCH.value, FRAMES, SIZE, SIZE, 3], seed=1)
+  labels = tf.random.uniform([_BATCH.value], 0, CLASSES, tf.int32, seed=2)
+  # Variables are created outside tf.function.
+  classifier.build((None, backbone(clips[:1], training=False)["pooled"].shape[-1]))
+  variables = backbone.trainable_variables + classifier.trainable_variables
+  optimizer.build(variables)
+
+  @tf.function(jit_compile=mode.endswith("_xla"))
+  def train_step(clips, labels):
+    with tf.GradientTape() as tape:
+      logits = classifier(backbone(clips, training=True)["pooled"])
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return loss
+
+  def step():
+    loss = train_step(clips, labels).numpy()
+    if not np.isfinite(loss):
+      raise RuntimeError(f"{mode}: non-finite loss {loss}")
+
+  for _ in range(_WARMUP.value):
+    step()
+  return step
+
+
+def clips_per_second(modes) -> dict:
+  """{mode: clips/s}, the median over rounds that time each mode once, in turn.
+
+  Interleaving keeps the comparison fair when other work on the machine comes and goes.
+  """
+  steps = {mode: make_train_step(mode) for mode in modes}
+  times = {mode: [] for mode in modes}
+  for _ in range(_STEPS.value):
+    for mode, step in steps.items():
+      start = time.perf_counter()
+      step()
+      times[mode].append(time.perf_counter() - start)
+  results = {}
+  for mode in modes:
+    median = float(np.median(times[mode]))
+    results[mode] = _BATCH.value / median
+    print(f"{mode:13s} {median:6.3f} s/step (median of {len(times[mode])}, min "
+          f"{min(times[mode]):.3f})  {results[mode]:6.2f} clips/s", flush=True)
+  return results
+
+
+def main(argv):
+  del argv
+  modes = _MODES.value
+  known = {"baseline", "fp32", "bf16"}
+  unknown = [m for m in modes if m.removesuffix("_xla") not in known]
+  if unknown:
+    raise app.UsageError(f"unknown modes {unknown}; choose from {sorted(known)} and their _xla "
+                         "variants")
+  print(f"R3D-50 train step, batch {_BATCH.value} × {FRAMES}×{SIZE}×{SIZE}×3, TF {tf.__version__}, "
+        f"Keras {keras.__version__}")
+  results = clips_per_second(modes)
+  if "fp32" in results:
+    print(f"ratio_fp32_vs_reference_anchor {results['fp32'] / REFERENCE_CLIPS_PER_S:.2f}  "
+          f"(fp32 / {REFERENCE_CLIPS_PER_S} clips/s, SPEC.md §6, not measured in this run)")
+    if "baseline" in results:
+      print(f"ratio_fp32_vs_plain_conv3d {results['fp32'] / results['baseline']:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,122 @@
+"""The heads on the pooled backbone feature: the contrastive projection head and the linear classifier.
+
+  ProjectionHead    [B, D] -> N × [Dense -> BN -> ReLU] -> Dense -> [B, output_size] (pretraining)
+  LinearClassifier  [B, D] -> L2-normalise -> Dense -> [B, num_classes] logits (linear evaluation)
+
+Both return float32 whatever the dtype policy: their outputs feed a temperature-scaled softmax
+(NT-Xent, τ = 0.1) or a cross-entropy, where bfloat16's 8 bits of mantissa show.
+"""
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+HIDDEN_SIZES = (2048, 2048, 2048)
+OUTPUT_SIZE = 128
+
+
+class ProjectionHead(keras.layers.Layer):
+  """The MLP projection head of CVRL / SimCLR (SPEC.md §2).
+
+  Args:
+    hidden_sizes: width of each [Dense -> BN -> ReLU] layer; () gives a single linear layer.
+    output_size: width of the final Dense (no BN, no activation after it).
+    bn_momentum, bn_epsilon: of every BN (0.997 and 1e-5 in the reference release).
+    sync_batch_norm: synchronise BN batch statistics across replicas.
+    **kwargs: keras.layers.Layer arguments (name, dtype).
+
+  Call: [B, D] -> [B, output_size] float32.
+  """
+
+  def __init__(self, hidden_sizes: Sequence[int] = HIDDEN_SIZES, output_size: int = OUTPUT_SIZE,
+               bn_momentum: float = 0.997, bn_epsilon: float = 1e-5,
+               sync_batch_norm: bool = False, **kwargs):
+    kwargs.setdefault("name", "projection_head")
+    super().__init__(**kwargs)
+    hidden_sizes = tuple(hidden_sizes)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in hidden_sizes):
+      raise ValueError(f"hidden_sizes must be positive ints, got {hidden_sizes!r}")
+    if not isinstance(output_size, int) or isinstance(output_size, bool) or output_size <= 0:
+      raise ValueError(f"output_size must be a positive int, got {output_size!r}")
+    if not 0.0 <= bn_momentum < 1.0 or bn_epsilon <= 0.0:
+      raise ValueError(f"need 0 <= bn_momentum < 1 and bn_epsilon > 0, got bn_momentum="
+                       f"{bn_momentum!r}, bn_epsilon={bn_epsilon!r}")
+    self.hidden_sizes = hidden_sizes
+    self.output_size = output_size
+    self.bn_momentum = float(bn_momentum)
+    self.bn_epsilon = float(bn_epsilon)
+    self.sync_batch_norm = bool(sync_batch_norm)
+    # Attributes, not a list: tf.train.Checkpoint does not see into Keras 3's tracked lists.
+    for i, size in enumerate(hidden_sizes, start=1):
+      # No bias: the BN right after subtracts the batch mean, a bias would be dead weight.
+      setattr(self, f"dense{i}", keras.layers.Dense(size, use_bias=False, name=f"dense{i}",
+                                                     dtype=self.dtype_policy))
+      setattr(self, f"norm{i}", keras.layers.BatchNormalization(
+          momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+          synchronized=self.sync_batch_norm, name=f"norm{i}", dtype=self.dtype_policy))
+    self.output_dense = keras.layers.Dense(output_size, name="output_dense", dtype="float32")
+
+  def build(self, input_shape):
+    width = input_shape[-1]
+    for i, size in enumerate(self.hidden_sizes, start=1):
+      getattr(self, f"dense{i}").build((None, width))
+      getattr(self, f"norm{i}").build((None, size))
+      width = size
+    self.output_dense.build((None, width))
+
+  def call(self, x, training=None):  # [B, D] -> [B, output_size]
+    for i in range(1, len(self.hidden_sizes) + 1):
+      x = getattr(self, f"dense{i}")(x)
+      x = tf.nn.relu(getattr(self, f"norm{i}")(x, training=training))
+    return self.output_dense(tf.cast(x, tf.float32))
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.output_size)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(hidden_sizes=list(self.hidden_sizes), output_size=self.output_size,
+                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                  sync_batch_norm=self.sync_batch_norm)
+    return config
+
+
+class LinearClassifier(keras.layers.Layer):
+  """L2-normalise the (frozen) feature, then one Dense layer: CVRL's linear evaluation head.
+
+  Args:
+    num_classes: number of logits.
+    kernel_initializer: of the Dense layer; None gives N(0, 0.01²), SimCLR's linear evaluation.
+    **kwargs: keras.layers.Layer arguments (name, dtype).
+
+  Call: [B, D] -> [B, num_classes] float32 logits.
+  """
+
+  def __init__(self, num_classes: int, kernel_initializer=None, **kwargs):
+    kwargs.setdefault("name", "linear_classifier")
+    super().__init__(**kwargs)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
+      raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    self.num_classes = num_classes
+    if kernel_initializer is None:
+      kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.dense = keras.layers.Dense(num_classes, kernel_initializer=self.kernel_initializer,
+                                    name="dense", dtype="float32")
+
+  def build(self, input_shape):
+    self.dense.build((None, input_shape[-1]))
+
+  def call(self, x):  # [B, D] -> [B, num_classes]
+    # Normalised in float32: the squared norm of a 2048-d bf16 feature rounds coarsely.
+    return self.dense(tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1, epsilon=1e-12))
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.num_classes)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes,
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+    return config

@@ -1,0 +1,886 @@
+"""ResNet3D, the CVRL encoder (the "slow" pathway of SlowFast); its checkpoints; and the import of
+the reference release's checkpoints.
+
+Architecture (SPEC.md §2), for an input clip [B, T, H, W, 3] in [0, 1]:
+
+  stem    conv kt×7×7 (kt = stem_temporal_kernel), stride (stem_temporal_stride, 2, 2), BN, ReLU,
+          max-pool 1×3×3 stride (1, 2, 2)                            -> "stem" [B, T/2, H/4, W/4, C]
+  res2..5 residual stages of BLOCKS[depth] blocks; the first block of res3..res5 has spatial stride 2
+                                                                     -> "res2" .. "res5"
+  pooled  mean of res5 over T, H, W, in float32                      -> "pooled" [B, C5]
+
+Every convolution has "same" padding in TensorFlow's sense (with stride 2, the extra padding goes
+at the end) and no bias. A bottleneck block is t×1×1 -> 1×3×3 (stride) -> 1×1×1 (×4 channels); a
+basic block (depth 18 / 34) is t×3×3 (stride) -> 1×3×3, as in SlowFast's basic transform. The
+shortcut is a 1×1×1 conv + BN when the channel count changes, else the identity, subsampled when
+the block is strided. These are the reference release's semantics, checked against its outputs in
+tests/test_resnet3d.py.
+
+Checkpoints:
+  - `save_backbone_checkpoint` / `restore_backbone_checkpoint` / `backbone_from_checkpoint`: the
+    cvrl_tf backbone checkpoint, a directory holding
+        backbone.index, backbone.data-00000-of-00001   tf.train.Checkpoint(backbone=model).write
+        backbone_config.json                           {"format", "class", "config", "source"}
+    Its keys are `backbone/<layer>/<sublayer>/<variable>/.ATTRIBUTES/VARIABLE_VALUE`, e.g.
+    `backbone/res3_block1/spatial_conv/kernel/...`; `checkpoint_keys(model)` lists them.
+  - `load_model_garden_checkpoint`: the reference release's backbone checkpoints (its published
+    `r3d_1x_k600_800ep_backbone-1` and the like), keys `backbone/layer_with_weights-N/...`.
+  Both loaders check every key and shape before they assign anything: a checkpoint loads whole or
+  not at all, and the error names the first mismatch.
+"""
+
+import json
+import os
+import shutil
+import uuid
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+# Residual blocks per stage (res2, res3, res4, res5).
+BLOCKS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+STEM_FILTERS = 64
+# Inner width of each stage's blocks; a bottleneck block outputs 4× that, a basic block 1×.
+STAGE_FILTERS = (64, 128, 256, 512)
+# CVRL's temporal kernels, one per stage, for every block of the stage.
+TEMPORAL_KERNELS = (1, 1, 3, 3)
+ENDPOINTS = ("stem", "res2", "res3", "res4", "res5", "pooled")
+
+CONFIG_FILE = "backbone_config.json"
+CHECKPOINT_PREFIX = "backbone"
+CHECKPOINT_FORMAT = "cvrl_tf.backbone_checkpoint.v1"
+_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+_BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the backbone; nothing was assigned."""
+
+
+def _triple(value, name: str) -> Tuple[int, int, int]:
+  if isinstance(value, int):
+    return (value, value, value)
+  value = tuple(value)
+  if len(value) != 3 or not all(isinstance(v, int) and v > 0 for v in value):
+    raise ValueError(f"{name} must be a positive int or 3 positive ints, got {value!r}")
+  return value
+
+
+class FoldedConv3D(keras.layers.Layer):
+  """Bias-free Conv3D, "same" padding, computed by the fastest equivalent TF op on CPU.
+
+  The kernel is stored as [kt, kh, kw, C_in, filters], like `keras.layers.Conv3D`, so checkpoints
+  do not depend on how it is computed. Measured here (2-core AVX2, TF 2.21, forward + backward):
+  a 1×1×1 kernel as a [N, C] matmul is up to 2× faster than conv3d; a k×1×1 kernel as a conv2d
+  on [B, T, H·W, C] up to 1.3×; a 1×k×k kernel as a conv2d on [B·T, H, W, C] is faster below
+  FOLD_SPATIAL_MAX_CHANNELS input channels and 2× slower above (oneDNN's conv2d backward on wide,
+  small images). The stem's kt×7×7 kernel on RGB (C_in <= FOLD_TIME_MAX_CHANNELS) runs as a
+  conv2d on the kt taps stacked into channels, 1.5× faster. Strided 1×1×1 and everything else
+  stay conv3d. Each fold keeps TF's "same" padding per axis, so the result equals conv3d's
+  (tests/test_resnet3d.py).
+  """
+
+  FOLD_SPATIAL_MAX_CHANNELS = 512
+  FOLD_TIME_MAX_CHANNELS = 4
+
+  def __init__(self, filters: int, kernel_size, strides=1, kernel_initializer="variance_scaling",
+               **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.kernel_size = _triple(kernel_size, "kernel_size")
+    self.strides = _triple(strides, "strides")
+    # VarianceScaling(1, fan_in, truncated normal): the reference release's and SimCLR's default.
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    self.kernel = self.add_weight(
+        name="kernel", shape=(*self.kernel_size, input_shape[-1], self.filters),
+        initializer=self.kernel_initializer)
+
+  def call(self, x):  # [B, T, H, W, C] -> [B, T', H', W', filters]
+    kt, kh, kw = self.kernel_size
+    st, sh, sw = self.strides
+    shape = tf.shape(x)
+    b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], x.shape[-1]
+    if (kt, kh, kw, st, sh, sw) == (1, 1, 1, 1, 1, 1):
+      # A 2-D [N, C] matmul: on the 5-D tensor TF would broadcast a BatchMatMul whose kernel
+      # gradient is one small matmul per position, summed (10× slower training on CPU).
+      y = tf.linalg.matmul(tf.reshape(x, [-1, c]), self.kernel[0, 0, 0])
+      return tf.reshape(y, [b, t, h, w, self.filters])
+    if kt == 1 and st == 1 and c < self.FOLD_SPATIAL_MAX_CHANNELS:
+      y = tf.nn.conv2d(tf.reshape(x, [b * t, h, w, c]), self.kernel[0], [1, sh, sw, 1], "SAME")
+      y_shape = tf.shape(y)
+      return tf.reshape(y, [b, t, y_shape[1], y_shape[2], self.filters])
+    if kh == kw == 1 and sh == sw == 1:
+      y = tf.nn.conv2d(tf.reshape(x, [b, t, h * w, c]), self.kernel[:, 0], [1, st, 1, 1], "SAME")
+      return tf.reshape(y, [b, tf.shape(y)[1], h, w, self.filters])
+    if c <= self.FOLD_TIME_MAX_CHANNELS:
+      return self._time_to_channels_conv(x)
+    return tf.nn.conv3d(x, self.kernel, [1, st, sh, sw, 1], "SAME")
+
+  def _time_to_channels_conv(self, x):
+    """The stem on RGB: the kt taps of each output frame stacked as kt·C channels, one conv2d."""
+    kt, kh, kw = self.kernel_size
+    st, sh, sw = self.strides
+    shape = tf.shape(x)
+    b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], x.shape[-1]
+    # TF's "same" along time: ceil(t / st) outputs, the odd padding frame at the end.
+    t_out = (t + st - 1) // st
+    pad = tf.maximum((t_out - 1) * st + kt - t, 0)
+    x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [0, 0], [0, 0], [0, 0]])
+    taps = [x[:, k:k + (t_out - 1) * st + 1:st] for k in range(kt)]  # kt × [B, T', H, W, C]
+    stacked = tf.reshape(tf.concat(taps, axis=-1), [b * t_out, h, w, kt * c])
+    # [kt, kh, kw, C, F] -> [kh, kw, kt·C, F], tap-major like the stacked channels.
+    kernel = tf.reshape(tf.transpose(self.kernel, [1, 2, 0, 3, 4]), [kh, kw, kt * c, self.filters])
+    y = tf.nn.conv2d(stacked, kernel, [1, sh, sw, 1], "SAME")
+    y_shape = tf.shape(y)
+    return tf.reshape(y, [b, t_out, y_shape[1], y_shape[2], self.filters])
+
+  def compute_output_shape(self, input_shape):
+    def out(n, s):
+      return None if n is None else -(-n // s)
+    _, t, h, w, _ = input_shape
+    st, sh, sw = self.strides
+    return (input_shape[0], out(t, st), out(h, sh), out(w, sw), self.filters)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+    return config
+
+
+class FusedBatchNorm(keras.layers.BatchNormalization):
+  """`keras.layers.BatchNormalization` over the last axis that trains through TF's fused kernel.
+
+  Keras 3 normalises with separate moments / subtract / scale ops; TF's FusedBatchNormV3 does it
+  in one pass and is 1.3–1.8× faster forward + backward here. Same variables, same outputs, and
+  the same moving-average update (from the biased batch variance, as Keras). Synchronized BN,
+  masks and inference keep Keras's own path.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if self.synchronized or mask is not None or not (training and self.trainable):
+      return super().call(inputs, training=training, mask=mask)
+    if self.axis not in (-1, len(inputs.shape) - 1) or len(inputs.shape) not in (4, 5):
+      return super().call(inputs, training=training, mask=mask)
+    # The fused kernel wants NHWC: fold time into the batch (statistics are per channel anyway).
+    # It takes float32 scale / offset with float32, bfloat16 or float16 inputs.
+    shape = tf.shape(inputs)
+    y, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+        tf.reshape(inputs, tf.concat([[-1], shape[-3:]], axis=0)),
+        tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+        epsilon=self.epsilon, is_training=True)[:3]
+    y = tf.reshape(y, shape)
+    count = tf.cast(tf.size(inputs) // inputs.shape[-1], tf.float32)
+    variance = unbiased_variance * tf.maximum(count - 1.0, 0.0) / count
+    self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+    self.moving_variance.assign(
+        self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+    return tf.cast(y, self.compute_dtype)
+
+
+def _batch_norm(name, momentum, epsilon, synchronized, dtype):
+  return FusedBatchNorm(axis=-1, momentum=momentum, epsilon=epsilon, synchronized=synchronized,
+                        name=name, dtype=dtype)
+
+
+class _ResidualBlock(keras.layers.Layer):
+  """What bottleneck and basic blocks share: arguments, shortcut, build by channel counts.
+
+  The shortcut is a 1×1×1 conv + BN when the channel count changes and the identity otherwise,
+  subsampled when the block is strided: the reference release's rule (it projects only on a
+  channel change), so its checkpoints have `_shortcut_conv` exactly where ours do.
+  """
+
+  expansion = 1
+
+  def __init__(self, filters: int, temporal_kernel: int, spatial_stride: int, in_channels: int,
+               bn_momentum: float, bn_epsilon: float, sync_batch_norm: bool, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = filters
+    self.temporal_kernel = temporal_kernel
+    self.spatial_stride = spatial_stride
+    self.in_channels = in_channels
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+    self.sync_batch_norm = sync_batch_norm
+    self.out_channels = self.expansion * filters
+    self.use_projection = in_channels != self.out_channels
+    if self.use_projection:
+      self.shortcut_conv = self._conv("shortcut_conv", self.out_channels, 1, spatial_stride)
+      self.norm0 = self._norm("norm0")
+
+  def _conv(self, name, filters, kernel, spatial_stride=1):
+    return FoldedConv3D(filters, kernel, (1, spatial_stride, spatial_stride), name=name,
+                        dtype=self.dtype_policy)
+
+  def _norm(self, name):
+    return _batch_norm(name, self.bn_momentum, self.bn_epsilon, self.sync_batch_norm,
+                       self.dtype_policy)
+
+  def sublayers(self) -> Dict[str, keras.layers.Layer]:
+    """{attribute name: layer} of the weight-owning sublayers, shortcut first."""
+    names = (["shortcut_conv", "norm0"] if self.use_projection else []) + list(self._names)
+    return {name: getattr(self, name) for name in names}
+
+  def build(self, input_shape):
+    # Sublayers come in (conv, its BN) pairs; the shortcut and the first conv read the block's
+    # input, the other convs the `filters`-wide inner tensor.
+    channels = None
+    for name, layer in self.sublayers().items():
+      if isinstance(layer, FoldedConv3D):
+        reads_input = name in ("shortcut_conv", self._names[0])
+        layer.build((None, None, None, None, self.in_channels if reads_input else self.filters))
+        channels = layer.filters
+      else:
+        layer.build((None, None, None, None, channels))
+
+  def call(self, x, training=None):
+    if self.use_projection:
+      shortcut = self.norm0(self.shortcut_conv(x), training=training)
+    elif self.spatial_stride > 1:
+      shortcut = x[:, :, ::self.spatial_stride, ::self.spatial_stride, :]
+    else:
+      shortcut = x
+    return tf.nn.relu(self._residual(x, training) + shortcut)
+
+  def compute_output_shape(self, input_shape):
+    def out(n):
+      return None if n is None else -(-n // self.spatial_stride)
+    b, t, h, w, _ = input_shape
+    return (b, t, out(h), out(w), self.out_channels)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, temporal_kernel=self.temporal_kernel,
+                  spatial_stride=self.spatial_stride, in_channels=self.in_channels,
+                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+                  sync_batch_norm=self.sync_batch_norm)
+    return config
+
+
+class BottleneckBlock3D(_ResidualBlock):
+  """t×1×1 -> 1×3×3 (spatial stride) -> 1×1×1 (4·filters), each with BN; + shortcut; ReLU.
+
+  The temporal kernel sits on the first 1×1 conv, the stride on the 3×3 conv (SPEC.md §2).
+  """
+
+  expansion = 4
+  _names = ("temporal_conv", "norm1", "spatial_conv", "norm2", "expand_conv", "norm3")
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.temporal_conv = self._conv("temporal_conv", self.filters, (self.temporal_kernel, 1, 1))
+    self.norm1 = self._norm("norm1")
+    self.spatial_conv = self._conv("spatial_conv", self.filters, (1, 3, 3), self.spatial_stride)
+    self.norm2 = self._norm("norm2")
+    self.expand_conv = self._conv("expand_conv", self.out_channels, 1)
+    self.norm3 = self._norm("norm3")
+
+  def _residual(self, x, training):
+    y = tf.nn.relu(self.norm1(self.temporal_conv(x), training=training))
+    y = tf.nn.relu(self.norm2(self.spatial_conv(y), training=training))
+    return self.norm3(self.expand_conv(y), training=training)
+
+
+class BasicBlock3D(_ResidualBlock):
+  """t×3×3 (spatial stride) -> 1×3×3, each with BN; + shortcut; ReLU (SlowFast's basic transform).
+
+  The reference release has no basic 3D block; this one serves R3D-18 / 34.
+  """
+
+  expansion = 1
+  _names = ("conv1", "norm1", "conv2", "norm2")
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.conv1 = self._conv("conv1", self.filters, (self.temporal_kernel, 3, 3),
+                            self.spatial_stride)
+    self.norm1 = self._norm("norm1")
+    self.conv2 = self._conv("conv2", self.filters, (1, 3, 3))
+    self.norm2 = self._norm("norm2")
+
+  def _residual(self, x, training):
+    y = tf.nn.relu(self.norm1(self.conv1(x), training=training))
+    return self.norm2(self.conv2(y), training=training)
+
+
+BLOCK_CLASS = {18: BasicBlock3D, 34: BasicBlock3D, 50: BottleneckBlock3D,
+               101: BottleneckBlock3D, 152: BottleneckBlock3D, 200: BottleneckBlock3D}
+
+
+def _positive_ints(value, length: int, name: str, accepted: str) -> Tuple[int, ...]:
+  try:
+    value = tuple(value)
+  except TypeError:
+    value = None
+  if (value is None or len(value) != length
+      or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                 for v in value)):
+    raise ValueError(f"{name} must be {accepted}, got {value!r}")
+  return tuple(int(v) for v in value)
+
+
+class ResNet3D(keras.Model):
+  """3D ResNet backbone returning named endpoints.
+
+  Args:
+    depth: one of BLOCKS (18, 34 basic blocks; 50, 101, 152, 200 bottlenecks).
+    width_multiplier: scales the stem and every stage's filters (1×, 2×, 4× in the paper).
+    stem_filters: int, overrides 64 × width_multiplier.
+    stage_filters: 4 ints, inner width of res2..res5; overrides STAGE_FILTERS × width_multiplier.
+    stem_temporal_kernel, stem_temporal_stride: of the stem conv (5, 2).
+    temporal_kernels: 4 entries, one per stage: an int for every block of the stage, or a tuple
+      with one int per block (the reference release's per-block form).
+    sync_batch_norm: synchronise BN batch statistics across replicas (pretraining).
+    bn_momentum, bn_epsilon: of every BN.
+    **kwargs: keras.Model arguments (name, dtype, e.g. dtype="mixed_bfloat16").
+
+  Call: clip [B, T, H, W, 3] -> {"stem", "res2", .., "res5": [B, T', H', W', C] in the compute
+  dtype, "pooled": [B, C5] float32}. T' = ceil(T / stem_temporal_stride); res5 has H / 32.
+  """
+
+  def __init__(self, depth: int = 50, width_multiplier: float = 1.0,
+               stem_filters: Optional[int] = None,
+               stage_filters: Optional[Sequence[int]] = None, stem_temporal_kernel: int = 5,
+               stem_temporal_stride: int = 2,
+               temporal_kernels: Sequence[Union[int, Sequence[int]]] = TEMPORAL_KERNELS,
+               sync_batch_norm: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
+               **kwargs):
+    kwargs.setdefault("name", "resnet3d")
+    super().__init__(**kwargs)
+    if depth not in BLOCKS:
+      raise ValueError(f"depth must be one of {sorted(BLOCKS)}, got {depth!r}")
+    if not isinstance(width_multiplier, (int, float)) or width_multiplier <= 0:
+      raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
+    if stem_filters is None:
+      stem_filters = max(1, round(STEM_FILTERS * width_multiplier))
+    (stem_filters,) = _positive_ints([stem_filters], 1, "stem_filters", "a positive int")
+    if stage_filters is None:
+      stage_filters = [max(1, round(f * width_multiplier)) for f in STAGE_FILTERS]
+    stage_filters = _positive_ints(stage_filters, 4, "stage_filters",
+                                   "4 positive ints (res2, res3, res4, res5)")
+    (stem_temporal_kernel, stem_temporal_stride) = _positive_ints(
+        [stem_temporal_kernel, stem_temporal_stride], 2, "stem_temporal_kernel/stride",
+        "positive ints")
+    blocks = BLOCKS[depth]
+    if isinstance(temporal_kernels, (int, str)) or len(temporal_kernels) != 4:
+      raise ValueError(f"temporal_kernels must have 4 entries (res2, res3, res4, res5), got "
+                       f"{temporal_kernels!r}")
+    per_block = []
+    for stage, (kernels, count) in enumerate(zip(tuple(temporal_kernels), blocks), start=2):
+      if isinstance(kernels, (int, np.integer)):
+        kernels = (int(kernels),) * count
+      per_block.append(_positive_ints(
+          kernels, count, f"temporal_kernels for res{stage}",
+          f"a positive int or {count} positive ints (depth {depth} has {count} blocks there)"))
+    bn_momentum, bn_epsilon = float(bn_momentum), float(bn_epsilon)
+    if not 0.0 <= bn_momentum < 1.0 or bn_epsilon <= 0.0:
+      raise ValueError(f"need 0 <= bn_momentum < 1 and bn_epsilon > 0, got bn_momentum="
+                       f"{bn_momentum!r}, bn_epsilon={bn_epsilon!r}")
+
+    self.depth = depth
+    self.width_multiplier = width_multiplier
+    self.stem_filters = stem_filters
+    self.stage_filters = stage_filters
+    self.stem_temporal_kernel = stem_temporal_kernel
+    self.stem_temporal_stride = stem_temporal_stride
+    self.temporal_kernels = tuple(per_block)
+    self.sync_batch_norm = bool(sync_batch_norm)
+    self.bn_momentum = bn_momentum
+    self.bn_epsilon = bn_epsilon
+
+    self.stem_conv = FoldedConv3D(stem_filters, (stem_temporal_kernel, 7, 7),
+                                  (stem_temporal_stride, 2, 2), name="stem_conv",
+                                  dtype=self.dtype_policy)
+    self.stem_norm = _batch_norm("stem_norm", bn_momentum, bn_epsilon, self.sync_batch_norm,
+                                 self.dtype_policy)
+    # Blocks are attributes, not a list: tf.train.Checkpoint does not descend into the lists
+    # Keras 3 tracks, and would silently skip every block.
+    block_names = []  # per stage: ("res2_block1", "res2_block2", ...)
+    channels = stem_filters
+    block_class = BLOCK_CLASS[depth]
+    for stage, (filters, kernels) in enumerate(zip(stage_filters, per_block), start=2):
+      names = []
+      for index, kernel in enumerate(kernels, start=1):
+        name = f"res{stage}_block{index}"
+        block = block_class(
+            filters=filters, temporal_kernel=kernel,
+            spatial_stride=2 if stage > 2 and index == 1 else 1, in_channels=channels,
+            bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+            sync_batch_norm=self.sync_batch_norm, name=name, dtype=self.dtype_policy)
+        setattr(self, name, block)
+        names.append(name)
+        channels = block_class.expansion * filters
+      block_names.append(tuple(names))
+    self.block_names = tuple(block_names)
+    self.output_channels = channels
+
+  def blocks(self):
+    """[(name, block)] of every residual block in order."""
+    return [(name, getattr(self, name)) for names in self.block_names for name in names]
+
+  def build(self, input_shape=(None, None, None, None, 3)):
+    """Creates every variable; only the channel count of `input_shape` matters."""
+    self._check_input_shape(input_shape)
+    self.stem_conv.build(input_shape)
+    self.stem_norm.build((None, None, None, None, self.stem_filters))
+    for _, block in self.blocks():
+      block.build((None, None, None, None, block.in_channels))
+      block.built = True
+    self.built = True
+
+  def _check_input_shape(self, shape):
+    shape = tuple(shape)
+    if len(shape) != 5 or shape[-1] != 3:
+      raise ValueError(
+          f"ResNet3D expects clips of shape [batch, time, height, width, 3] (RGB, channels "
+          f"last), got shape {shape}")
+    if any(n is not None and n < 1 for n in shape[1:4]):
+      raise ValueError(f"ResNet3D needs time, height and width >= 1, got shape {shape}")
+
+  def call(self, inputs, training=None):
+    self._check_input_shape(inputs.shape)
+    endpoints = {}
+    x = tf.nn.relu(self.stem_norm(self.stem_conv(inputs), training=training))
+    # Max-pool 1×3×3, stride (1, 2, 2), "same": folded into 2D like FoldedConv3D.
+    shape = tf.shape(x)
+    y = tf.nn.max_pool2d(tf.reshape(x, [shape[0] * shape[1], shape[2], shape[3], x.shape[-1]]),
+                         ksize=3, strides=2, padding="SAME")
+    y_shape = tf.shape(y)
+    x = tf.reshape(y, [shape[0], shape[1], y_shape[1], y_shape[2], x.shape[-1]])
+    endpoints["stem"] = x
+    for stage, names in enumerate(self.block_names, start=2):
+      for name in names:
+        x = getattr(self, name)(x, training=training)
+      endpoints[f"res{stage}"] = x
+    # Averaged in float32: under mixed_bfloat16 a bf16 mean over T·H·W positions loses digits.
+    endpoints["pooled"] = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2, 3])
+    return endpoints
+
+  def get_config(self):
+    config = {"name": self.name, "trainable": self.trainable,
+              "dtype": keras.saving.serialize_keras_object(self.dtype_policy)}
+    config.update(
+        depth=self.depth, width_multiplier=self.width_multiplier,
+        stem_filters=self.stem_filters, stage_filters=list(self.stage_filters),
+        stem_temporal_kernel=self.stem_temporal_kernel,
+        stem_temporal_stride=self.stem_temporal_stride,
+        temporal_kernels=[list(k) for k in self.temporal_kernels],
+        sync_batch_norm=self.sync_batch_norm, bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon)
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    if isinstance(config.get("dtype"), dict):
+      config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+    return cls(**config)
+
+
+# The architecture fields of get_config: two backbones with equal values here share checkpoints.
+_ARCHITECTURE_FIELDS = ("depth", "stem_filters", "stage_filters", "stem_temporal_kernel",
+                        "temporal_kernels")
+
+
+def _variable_map(backbone: ResNet3D, root: str, named_layers) -> Dict[str, object]:
+  """{checkpoint key: variable} for the (path, layer) pairs of `named_layers(backbone)`."""
+  if not backbone.built:
+    backbone.build()
+  mapping = {}
+  def add(prefix, layer):
+    if isinstance(layer, FoldedConv3D):
+      mapping[f"{root}/{prefix}/kernel{_VALUE_SUFFIX}"] = layer.kernel
+    else:
+      for name in _BN_VARIABLES:
+        mapping[f"{root}/{prefix}/{name}{_VALUE_SUFFIX}"] = getattr(layer, name)
+  for prefix, layer in named_layers(backbone):
+    add(prefix, layer)
+  return mapping
+
+
+def _cvrl_layers(backbone):
+  yield "stem_conv", backbone.stem_conv
+  yield "stem_norm", backbone.stem_norm
+  for name, block in backbone.blocks():
+    for sub, layer in block.sublayers().items():
+      yield f"{name}/{sub}", layer
+
+
+def checkpoint_keys(backbone: ResNet3D) -> Dict[str, object]:
+  """{key in a cvrl_tf backbone checkpoint: variable of `backbone`}, built if needed."""
+  return _variable_map(backbone, CHECKPOINT_PREFIX, _cvrl_layers)
+
+
+def _model_garden_layers(backbone):
+  # The reference release's Keras-2 functional model numbers its weight-owning layers in
+  # construction order: stem conv 0, stem BN 1, then one per residual block.
+  if not isinstance(backbone, ResNet3D) or BLOCK_CLASS[backbone.depth] is not BottleneckBlock3D:
+    raise CheckpointMismatchError(
+        f"the reference release has bottleneck ResNet3Ds only (depth 50, 101, 152, 200); this "
+        f"backbone has depth {getattr(backbone, 'depth', None)!r}")
+  yield "layer_with_weights-0", backbone.stem_conv
+  yield "layer_with_weights-1", backbone.stem_norm
+  for number, (_, block) in enumerate(backbone.blocks(), start=2):
+    for sub, layer in block.sublayers().items():
+      yield f"layer_with_weights-{number}/_{sub}", layer
+
+
+def model_garden_keys(backbone: ResNet3D) -> Dict[str, object]:
+  """{key in a reference-release backbone checkpoint: variable of `backbone`}."""
+  return _variable_map(backbone, "backbone", _model_garden_layers)
+
+
+def _describe(backbone: ResNet3D) -> str:
+  return (f"ResNet3D(depth={backbone.depth}, stem_filters={backbone.stem_filters}, "
+          f"stage_filters={backbone.stage_filters}, "
+          f"temporal_kernels={[list(k) for k in backbone.temporal_kernels]})")
+
+
+def _resolve_prefix(checkpoint: str, kind: str) -> str:
+  """A checkpoint prefix from a prefix or a directory holding one."""
+  if os.path.isdir(checkpoint):
+    for candidate in (os.path.join(checkpoint, CHECKPOINT_PREFIX), tf.train.latest_checkpoint(
+        checkpoint)):
+      if candidate and tf.io.gfile.exists(candidate + ".index"):
+        return candidate
+    raise FileNotFoundError(
+        f"{kind}: the directory {checkpoint!r} holds no checkpoint (no '{CHECKPOINT_PREFIX}.index' "
+        "and no 'checkpoint' file); pass the checkpoint prefix, e.g. DIR/backbone for "
+        "DIR/backbone.index")
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    hint = " (pass the prefix, without .index)" if checkpoint.endswith(".index") else ""
+    raise FileNotFoundError(f"{kind}: no checkpoint at {checkpoint!r}: "
+                            f"{checkpoint + '.index'!r} does not exist{hint}")
+  return checkpoint
+
+
+def _backbone_keys(reader, paths) -> Tuple[Dict[str, str], set]:
+  """Finds `paths` (keys as a backbone-only checkpoint names them) in any checkpoint.
+
+  A checkpoint names each variable by one of the paths TF's object graph has to it. Written as
+  tf.train.Checkpoint(backbone=model) that is `backbone/<layer>/.../<variable>`; a training
+  checkpoint that also holds the optimizer may name the trainable ones
+  `optimizer/_trainable_variables/N/...` instead. Following each path through the object graph
+  finds the variable either way.
+
+  Returns:
+    ({path: actual key} for the paths found, {actual keys of every variable under `backbone`}).
+  """
+  if not reader.has_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"):  # a TF1-style name-based checkpoint
+    present = {k for k in reader.get_variable_to_shape_map() if k.startswith("backbone/")}
+    return {p: p for p in paths if p in present}, present
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  children = [{c.local_name: c.node_id for c in node.children} for node in graph.nodes]
+  def value_key(node_id):
+    return next((a.checkpoint_key for a in graph.nodes[node_id].attributes
+                 if a.name == "VARIABLE_VALUE"), None)
+  found = {}
+  for path in paths:
+    node_id = 0
+    for name in path[:-len(_VALUE_SUFFIX)].split("/"):
+      node_id = children[node_id].get(name)
+      if node_id is None:
+        break
+    if node_id is not None and value_key(node_id):
+      found[path] = value_key(node_id)
+  present, stack = set(), [children[0]["backbone"]] if "backbone" in children[0] else []
+  seen = set(stack)
+  while stack:
+    node_id = stack.pop()
+    if value_key(node_id):
+      present.add(value_key(node_id))
+    for child in children[node_id].values():
+      if child not in seen:
+        seen.add(child)
+        stack.append(child)
+  return found, present
+
+
+def _read_checked(prefix: str, mapping: Mapping[str, object],
+                  description: str) -> Dict[str, np.ndarray]:
+  """Reads every value of `mapping` from `prefix` after checking keys and shapes.
+
+  Only the variables of the `backbone` object count: a training checkpoint may hold a head, an
+  optimizer and a step counter beside it. Inside it, a variable the backbone has no place for is
+  an error like a missing one.
+
+  Raises:
+    CheckpointMismatchError naming the first missing key, wrong shape or unused key.
+  """
+  reader = tf.train.load_checkpoint(prefix)
+  found, present = _backbone_keys(reader, list(mapping))
+  shapes = reader.get_variable_to_shape_map()
+  if not present:
+    raise CheckpointMismatchError(
+        f"{prefix!r} holds no variables under 'backbone/': it was not written as "
+        f"tf.train.Checkpoint(backbone=...); its keys start with "
+        f"{sorted({k.split('/')[0] for k in shapes})}")
+  for key, variable in mapping.items():
+    if key not in found:
+      nearby = sorted(k for k in present if k.rsplit("/", 3)[0] == key.rsplit("/", 3)[0])
+      raise CheckpointMismatchError(
+          f"{prefix!r} does not fit {description}: it has no key {key!r} (for variable "
+          f"{variable.path}, shape {tuple(variable.shape)})."
+          + (f" Keys of that layer in the checkpoint: {nearby}" if nearby else ""))
+    shape = tuple(shapes[found[key]])
+    if shape != tuple(variable.shape):
+      raise CheckpointMismatchError(
+          f"{prefix!r} does not fit {description}: {key!r} has shape {list(shape)} in the "
+          f"checkpoint but {list(variable.shape)} in the backbone ({variable.path})")
+  unused = sorted(present - set(found.values()))
+  if unused:
+    raise CheckpointMismatchError(
+        f"{prefix!r} does not fit {description}: {len(unused)} checkpoint variables have no place "
+        f"in the backbone (self-gating and squeeze-excitation are not supported), first "
+        f"{unused[0]!r} with shape {list(shapes[unused[0]])}")
+  return {key: reader.get_tensor(found[key]) for key in mapping}
+
+
+def _assign_all(mapping: Mapping[str, object], values: Mapping[str, np.ndarray]) -> None:
+  for key, variable in mapping.items():
+    variable.assign(values[key])
+
+
+def _model_garden_shapes(prefix: str) -> Dict[str, Tuple[int, ...]]:
+  reader = tf.train.load_checkpoint(prefix)
+  return {k: tuple(s) for k, s in reader.get_variable_to_shape_map().items()
+          if k.endswith(_VALUE_SUFFIX)}
+
+
+def _layer_number(key: str) -> int:
+  return int(key.split("/")[1].split("-")[1])
+
+
+def model_garden_architecture(checkpoint_prefix: str) -> dict:
+  """ResNet3D arguments read off a reference-release backbone checkpoint's shapes.
+
+  Everything but the stem's temporal stride shows in the shapes; stages are told apart by their
+  inner width, so this fails (asking for explicit arguments) when two stages have equal widths.
+
+  Returns:
+    {"depth", "stem_filters", "stage_filters", "stem_temporal_kernel", "temporal_kernels"}.
+  """
+  prefix = _resolve_prefix(checkpoint_prefix, "model_garden_architecture")
+  shapes = _model_garden_shapes(prefix)
+  stem = shapes.get(f"backbone/layer_with_weights-0/kernel{_VALUE_SUFFIX}")
+  spatial = {_layer_number(k): s for k, s in shapes.items()
+             if k.endswith(f"/_spatial_conv/kernel{_VALUE_SUFFIX}")}
+  temporal = {_layer_number(k): s for k, s in shapes.items()
+              if k.endswith(f"/_temporal_conv/kernel{_VALUE_SUFFIX}")}
+  if stem is None or not spatial or sorted(spatial) != list(range(2, 2 + len(spatial))):
+    raise CheckpointMismatchError(
+        f"{prefix!r} is not a bottleneck ResNet3D backbone checkpoint of the reference release: "
+        f"expected keys backbone/layer_with_weights-0/kernel and "
+        f"backbone/layer_with_weights-N/_spatial_conv/kernel for N = 2, 3, ..")
+  stages = []  # [(inner width, [temporal kernel per block])]
+  for number in sorted(spatial):
+    width, kernel = spatial[number][-1], temporal[number][0]
+    if stages and stages[-1][0] == width:
+      stages[-1][1].append(kernel)
+    else:
+      stages.append((width, [kernel]))
+  counts = tuple(len(kernels) for _, kernels in stages)
+  depths = [d for d, c in BLOCKS.items() if c == counts and BLOCK_CLASS[d] is BottleneckBlock3D]
+  if not depths:
+    raise CheckpointMismatchError(
+        f"{prefix!r}: its blocks group into stages of {list(counts)} blocks by width "
+        f"{[w for w, _ in stages]}, which is no depth in BLOCKS "
+        f"({ {d: c for d, c in BLOCKS.items() if BLOCK_CLASS[d] is BottleneckBlock3D} }); give "
+        "the architecture explicitly")
+  return {"depth": depths[0], "stem_filters": stem[-1],
+          "stage_filters": [w for w, _ in stages], "stem_temporal_kernel": stem[0],
+          "temporal_kernels": [k for _, k in stages]}
+
+
+def _check_model_garden_layout(prefix: str, backbone: ResNet3D, shapes) -> None:
+  """Fails on a different block count first: per-key errors would point at a shifted layer."""
+  numbers = {_layer_number(k) for k in shapes if k.startswith("backbone/layer_with_weights-")}
+  if not numbers:
+    raise CheckpointMismatchError(
+        f"{prefix!r} is not a backbone checkpoint of the reference release: no key starts with "
+        f"'backbone/layer_with_weights-' (first key: {min(shapes)!r})")
+  ours = len(backbone.blocks())
+  if max(numbers) - 1 != ours:
+    try:
+      found = model_garden_architecture(prefix)
+    except CheckpointMismatchError:
+      found = "unknown"
+    raise CheckpointMismatchError(
+        f"{prefix!r} holds {max(numbers) - 1} residual blocks (architecture {found}), but "
+        f"{_describe(backbone)} has {ours}: wrong depth")
+
+
+def load_model_garden_checkpoint(backbone: ResNet3D, checkpoint_prefix: str) -> int:
+  """Loads a reference-release backbone checkpoint into `backbone`, whole or not at all.
+
+  The reference release writes its backbones as `tf.train.Checkpoint(backbone=model)`; keys are
+  `backbone/layer_with_weights-N/...` with N numbering stem conv 0, stem BN 1, then one per
+  residual block, and `_temporal_conv`, `_spatial_conv`, `_expand_conv`, `_shortcut_conv`,
+  `_norm0`..`_norm3` inside a block.
+
+  Args:
+    backbone: a bottleneck ResNet3D of the checkpoint's architecture (built here if needed).
+    checkpoint_prefix: e.g. ".../r3d_1x_k600_800ep_backbone-1", or a directory holding one.
+
+  Returns:
+    The number of variables loaded.
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    CheckpointMismatchError: a missing key, a wrong shape, or a checkpoint variable without a
+      place in the backbone (wrong depth / width / temporal kernels, self-gating, SE), named in
+      the message. Nothing is assigned then.
+  """
+  prefix = _resolve_prefix(checkpoint_prefix, "load_model_garden_checkpoint")
+  mapping = model_garden_keys(backbone)
+  _check_model_garden_layout(prefix, backbone, _model_garden_shapes(prefix))
+  try:
+    values = _read_checked(prefix, mapping, _describe(backbone))
+  except CheckpointMismatchError as error:
+    try:
+      found = f"the checkpoint's architecture is {model_garden_architecture(prefix)}"
+    except CheckpointMismatchError:
+      found = "its architecture could not be read off the shapes"
+    raise CheckpointMismatchError(f"{error}; {found}") from None
+  _assign_all(mapping, values)
+  return len(mapping)
+
+
+def save_backbone_checkpoint(backbone: ResNet3D, output_dir: str, *, overwrite: bool = False,
+                             source: Optional[str] = None) -> str:
+  """Writes a cvrl_tf backbone checkpoint to `output_dir`, atomically.
+
+  Layout: `output_dir/backbone.index`, `backbone.data-*` (tf.train.Checkpoint(backbone=model))
+  and `backbone_config.json` = {"format": CHECKPOINT_FORMAT, "class": "ResNet3D",
+  "config": backbone.get_config(), "source": source}. The files are written into a temporary
+  sibling directory that is then renamed, so a reader never sees half a checkpoint.
+
+  Args:
+    backbone: a built ResNet3D.
+    output_dir: the checkpoint directory; must not hold a checkpoint unless `overwrite`.
+    overwrite: replace an existing checkpoint in `output_dir`.
+    source: free text recorded in the JSON (e.g. the imported checkpoint's path).
+
+  Returns:
+    The checkpoint prefix, `output_dir/backbone`.
+  """
+  output_dir = os.path.abspath(output_dir)
+  if os.path.exists(output_dir):
+    if not os.path.isdir(output_dir):
+      raise FileExistsError(f"{output_dir!r} exists and is not a directory")
+    if os.listdir(output_dir) and not overwrite:
+      raise FileExistsError(
+          f"{output_dir!r} is not empty (it holds {sorted(os.listdir(output_dir))[:5]}); "
+          "refusing to overwrite it: pass overwrite=True (--overwrite) or choose a new directory")
+  keys = checkpoint_keys(backbone)
+  parent = os.path.dirname(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  # A sibling, so the final rename stays on one file system; makedirs honours the umask (mkdtemp
+  # would leave the checkpoint readable by its owner only).
+  tmp = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}")
+  os.makedirs(tmp)
+  try:
+    prefix = tf.train.Checkpoint(backbone=backbone).write(os.path.join(tmp, CHECKPOINT_PREFIX))
+    written = {k for k, _ in tf.train.list_variables(prefix) if k.endswith(_VALUE_SUFFIX)}
+    if written != set(keys):
+      # Keras changed how it names tracked attributes: the checkpoint would not restore.
+      raise RuntimeError(
+          f"the written checkpoint's keys differ from checkpoint_keys(): missing "
+          f"{sorted(set(keys) - written)[:3]}, unexpected {sorted(written - set(keys))[:3]}")
+    with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+      json.dump({"format": CHECKPOINT_FORMAT, "class": "ResNet3D",
+                 "config": backbone.get_config(), "source": source}, f, indent=1)
+    if os.path.exists(output_dir):
+      old = os.path.join(parent, f".{os.path.basename(output_dir)}.old-{uuid.uuid4().hex[:8]}")
+      os.rename(output_dir, old)
+      os.rename(tmp, output_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, output_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return os.path.join(output_dir, CHECKPOINT_PREFIX)
+
+
+def read_backbone_config(checkpoint_dir: str) -> dict:
+  """The `config` of a cvrl_tf backbone checkpoint's backbone_config.json."""
+  path = os.path.join(checkpoint_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} does not exist: {checkpoint_dir!r} is not a cvrl_tf backbone checkpoint "
+        "(make one with `python -m cvrl_tf.import_checkpoint` or save_backbone_checkpoint)")
+  with open(path, encoding="utf-8") as f:
+    info = json.load(f)
+  if info.get("format") != CHECKPOINT_FORMAT:
+    raise ValueError(f"{path}: format {info.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+  return info["config"]
+
+
+def restore_backbone_checkpoint(backbone: ResNet3D, checkpoint: str) -> int:
+  """Restores a cvrl_tf backbone checkpoint into `backbone`, whole or not at all.
+
+  Args:
+    backbone: a ResNet3D (built here if needed) of the checkpoint's architecture.
+    checkpoint: the checkpoint directory, or its prefix `DIR/backbone`.
+
+  Returns:
+    The number of variables restored.
+
+  Also reads a training checkpoint written as tf.train.Checkpoint(backbone=..., <anything>=...):
+  only the `backbone/` variables are read.
+
+  Raises:
+    FileNotFoundError: nothing there.
+    CheckpointMismatchError: the architecture in backbone_config.json differs (the field is
+      named), or a key is missing, a shape differs, a backbone variable is left over.
+  """
+  prefix = _resolve_prefix(checkpoint, "restore_backbone_checkpoint")
+  config_path = os.path.join(os.path.dirname(prefix), CONFIG_FILE)
+  if os.path.exists(config_path):
+    saved = read_backbone_config(os.path.dirname(prefix))
+    ours = backbone.get_config()
+    for field in _ARCHITECTURE_FIELDS:
+      if json.loads(json.dumps(ours[field])) != saved.get(field):
+        raise CheckpointMismatchError(
+            f"{prefix!r} holds a different backbone: {field}={saved.get(field)!r} in "
+            f"{config_path}, but {field}={ours[field]!r} in the backbone to restore into. "
+            "Build it with ResNet3D.from_config(read_backbone_config(DIR)) or "
+            "backbone_from_checkpoint(DIR).")
+  mapping = checkpoint_keys(backbone)
+  values = _read_checked(prefix, mapping, _describe(backbone))
+  _assign_all(mapping, values)
+  return len(mapping)
+
+
+def backbone_from_checkpoint(checkpoint_dir: str, **overrides) -> ResNet3D:
+  """A ResNet3D built from a checkpoint's backbone_config.json, with its weights restored.
+
+  Args:
+    checkpoint_dir: a cvrl_tf backbone checkpoint directory.
+    **overrides: non-architecture settings to change, e.g. sync_batch_norm=True,
+      dtype="mixed_bfloat16", bn_momentum=0.99.
+  """
+  config = read_backbone_config(checkpoint_dir)
+  for field in set(overrides) & set(_ARCHITECTURE_FIELDS + ("width_multiplier",)):
+    raise ValueError(f"{field} is fixed by the checkpoint ({config.get(field)!r}); "
+                     f"only non-architecture settings can be overridden, got {field}="
+                     f"{overrides[field]!r}")
+  config.update(overrides)
+  backbone = ResNet3D.from_config(config)
+  restore_backbone_checkpoint(backbone, checkpoint_dir)
+  return backbone
