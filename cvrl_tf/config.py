@@ -120,7 +120,7 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
   if train.global_batch_size < 2:
     raise ConfigError(f"train.global_batch_size must be >= 2 (negatives come from the batch), "
                       f"got {train.global_batch_size}")
-  if train.max_steps is None and config.total_steps < 1:
+  if train.max_steps is None and train.num_train_examples < train.global_batch_size:
     raise ConfigError(
         f"train.num_train_examples={train.num_train_examples} gives no full batch of "
         f"{train.global_batch_size}: set it to the number of training videos "
