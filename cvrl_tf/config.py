@@ -76,6 +76,10 @@ class TrainConfig:
   mixed_precision: Literal["float32", "mixed_bfloat16"] = "float32"
   strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
   tpu: str = ""                          # TPU name or address, for strategy tpu / auto
+  # files: each host reads its own shards (scales). replicate: every host builds the same global
+  # batches and keeps its replicas' rows, so results do not depend on the number of hosts (at
+  # hosts × the decoding work): for reproducibility checks.
+  input_sharding: Literal["files", "replicate"] = "files"
   seed: int = 0
   deterministic: bool = False            # tf.config.experimental.enable_op_determinism
   init_checkpoint: str = ""              # cvrl_tf or imported reference backbone checkpoint

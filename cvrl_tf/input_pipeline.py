@@ -267,20 +267,18 @@ def _frame_size(jpegs: tf.Tensor) -> tf.Tensor:
   return tf.image.extract_jpeg_shape(jpegs[0])[:2]
 
 
-# Canvas sides are rounded up to this so that videos of many sizes share a few compiled shapes.
-_CANVAS_MULTIPLE = 64
+def _view_function(augmentation: Optional[AugmentationConfig], output: str, use_xla: bool):
+  """(clip, flip, seed, view) -> one view; compiled by XLA on the host if use_xla.
 
-
-def _view_function(crop_size: int, augmentation: Optional[AugmentationConfig], output: str,
-                   use_xla: bool):
-  """(canvas, window_sizes, flip, seed, view) -> one view; compiled by XLA on the host if use_xla.
-
-  XLA fuses the resize and the colour chain into a few passes over the clip; TF runs each op as
-  its own pass over memory and is ~4× slower on this part. The view's blur and solarize
-  probabilities are arguments, so both views share one compiled program.
+  `clip` is the resized crop, [T, S, S, 3] float32 in [0, 255]: a fixed shape, so the program
+  compiles once per pipeline. XLA fuses the flip and the colour chain into a few passes over the
+  clip; TF runs each op as its own pass over memory and is several times slower on this part. The
+  view's blur and solarize probabilities are arguments, so both views share one compiled program.
   """
-  def make_view(canvas, window_sizes, flip, seed, blur_probability, solarize_probability):
-    clip = video_ops.resize_windows(canvas, window_sizes, crop_size, flip)
+  def make_view(clip, flip, seed, blur_probability, solarize_probability):
+    # flip: [n] with n = 1 (per clip) or T (per frame).
+    flip = tf.reshape(flip, [-1, 1, 1, 1])
+    clip = tf.where(flip, tf.reverse(clip, axis=[2]), clip)
     if output == "uint8":
       return tf.cast(tf.round(tf.clip_by_value(clip, 0.0, 255.0)), tf.uint8)
     clip = clip * (1.0 / 255.0)
@@ -291,25 +289,24 @@ def _view_function(crop_size: int, augmentation: Optional[AugmentationConfig], o
 
   compiled = tf.function(make_view, jit_compile=True) if use_xla else make_view
 
-  def view_function(canvas, window_sizes, flip, seed, view=1):
+  def view_function(clip, flip, seed, view=1):
     probabilities = ((augmentation.blur_probability(view), augmentation.solarize_probability(view))
                      if augmentation else (0.0, 0.0))
-    return compiled(canvas, window_sizes, flip, seed, *[tf.constant(p) for p in probabilities])
+    return compiled(clip, flip, seed, *[tf.constant(p) for p in probabilities])
 
   return view_function
 
 
-def _crop_view(jpegs, seed, num_frames, area_range, aspect_ratio_range, flip_probability,
-               temporally_consistent, make_view, view=1):
-  """Decodes the crop window of each frame, then resizes, flips (and augments) with make_view."""
+def _crop_view(jpegs, seed, num_frames, crop_size, area_range, aspect_ratio_range,
+               flip_probability, temporally_consistent, make_view, view=1):
+  """Decodes the crop window of each frame and resizes it, then flips (and augments) with make_view."""
   seeds = video_ops.split_seed(seed, 3)
   size = _frame_size(jpegs)
   num_boxes = 1 if temporally_consistent else num_frames
   boxes = video_ops.sample_crop_boxes(size, seeds[0], num_boxes, area_range, aspect_ratio_range)
-  canvas_size = -(-size // _CANVAS_MULTIPLE) * _CANVAS_MULTIPLE
-  canvas = video_ops.decode_jpeg_windows(jpegs, boxes, num_frames, canvas_size)
+  clip = video_ops.decode_and_resize_windows(jpegs, boxes, num_frames, crop_size)
   flip = tf.random.stateless_uniform([num_boxes], seeds[1]) < flip_probability
-  return make_view(canvas, boxes[:, 2:], flip, seeds[2], view)
+  return make_view(clip, flip, seeds[2], view)
 
 
 def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: PretrainDataConfig,
@@ -334,7 +331,7 @@ def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: Pretra
   views = {}
   for view, indices, view_seed in ((1, indices_1, seeds[1]), (2, indices_2, seeds[2])):
     jpegs = _check_jpegs(tf.gather(frames, indices), video["video_id"])
-    clip = _crop_view(jpegs, view_seed, config.num_frames, aug.area_range,
+    clip = _crop_view(jpegs, view_seed, config.num_frames, config.crop_size, aug.area_range,
                       aug.aspect_ratio_range, aug.flip_probability, aug.temporally_consistent,
                       view_function, view)
     views[f"view_{view}"] = tf.ensure_shape(
@@ -344,7 +341,7 @@ def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: Pretra
 
 def _pretrain_view_function(config: PretrainDataConfig):
   output = "uint8" if config.augment_in_step else "augment"
-  return _view_function(config.crop_size, config.augmentation, output, config.use_xla)
+  return _view_function(config.augmentation, output, config.use_xla)
 
 
 def augment_pretrain_batch(features: dict, seed: tf.Tensor,
@@ -376,14 +373,14 @@ def make_classification_train_example(serialized: tf.Tensor, seed: tf.Tensor,
                                       view_function=None) -> dict:
   """One record -> {"video": [T, S, S, 3] float32 in [0, 1], "label": int32 scalar}."""
   if view_function is None:
-    view_function = _view_function(config.crop_size, None, "unit", config.use_xla)
+    view_function = _view_function(None, "unit", config.use_xla)
   video = schema.parse_video(serialized)
   frames = video["frames"]
   seeds = video_ops.split_seed(seed, 2)
   indices = video_ops.sample_clip_indices(tf.shape(frames)[0], seeds[0], config.num_frames,
                                           config.stride)
   jpegs = _check_jpegs(tf.gather(frames, indices), video["video_id"])
-  clip = _crop_view(jpegs, seeds[1], config.num_frames, config.area_range,
+  clip = _crop_view(jpegs, seeds[1], config.num_frames, config.crop_size, config.area_range,
                     config.aspect_ratio_range, config.flip_probability, True, view_function)
   clip = tf.ensure_shape(clip, [config.num_frames, config.crop_size, config.crop_size, 3])
   return {"video": clip, "label": tf.cast(video["label"], tf.int32)}
@@ -475,7 +472,7 @@ def classification_train_dataset(config: ClassificationTrainDataConfig,
   """Endless labelled training batches: {"video": [B, T, S, S, 3] float32, "label": [B] int32}."""
   seed = _base_seed(config.reader, input_context)
   records = _read_records(config.reader, input_context, training=True, seed=seed)
-  view_function = _view_function(config.crop_size, None, "unit", config.use_xla)
+  view_function = _view_function(None, "unit", config.use_xla)
   examples = _map_examples(records,
                            lambda s, k: make_classification_train_example(s, k, config,
                                                                           view_function),

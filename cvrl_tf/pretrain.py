@@ -206,8 +206,24 @@ class Trainer:
         seed=(self.config.train.seed * 1_000_003 + segment_start) % (2**31 - 1),
         deterministic=self.config.train.deterministic or data.reader.deterministic)
     data = dataclasses.replace(data, reader=reader)
-    return self.strategy.distribute_datasets_from_function(
-        lambda context: input_pipeline.pretrain_dataset(data, context))
+    if self.config.train.input_sharding == "files":
+      return self.strategy.distribute_datasets_from_function(
+          lambda context: input_pipeline.pretrain_dataset(data, context))
+    global_batch = self.config.train.global_batch_size
+    whole = dataclasses.replace(
+        data, reader=dataclasses.replace(reader, per_replica_batch_size=global_batch))
+
+    def rows_of_this_host(context):
+      # Every host builds the same global batches; replica r of host h takes rows
+      # [(h·R_h + r)·B, (h·R_h + r + 1)·B), as it would on a single host.
+      local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+      start = context.input_pipeline_id * local_replicas * self.per_replica_batch
+      stop = start + local_replicas * self.per_replica_batch
+      dataset = input_pipeline.pretrain_dataset(whole, None)
+      dataset = dataset.map(lambda batch: {k: v[start:stop] for k, v in batch.items()})
+      return dataset.unbatch().batch(self.per_replica_batch, drop_remainder=True)
+
+    return self.strategy.distribute_datasets_from_function(rows_of_this_host)
 
   def _write_summaries(self, step: int, values, clips_per_s: float) -> None:
     loss, regularization, accuracy, entropy, gradient_norm = (float(v) for v in values)

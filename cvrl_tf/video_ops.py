@@ -306,6 +306,33 @@ def random_resized_crop(video: tf.Tensor, seed: tf.Tensor, size: int, area_range
   return crop_and_resize(video, boxes, size)
 
 
+def decode_and_resize_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: int,
+                              size: int) -> tf.Tensor:
+  """Decodes only the crop window of each JPEG frame and resizes it bilinearly to size × size.
+
+  `tf.image.decode_and_crop_jpeg` skips what lies outside the window and never builds the full
+  frame; `tf.image.resize` (TF's C++ kernel, half-pixel bilinear) then runs once on the stack of
+  equal windows. Frames are decoded by `num_frames` unrolled ops so tf.data's threads decode them
+  in parallel. No padded canvas: padding every window to a fixed size cost as much as the decode.
+
+  Args:
+    jpegs: [num_frames] tf.string, all frames of one size.
+    boxes: [1, 4] (one box for the clip) or [num_frames, 4] (offset_y, offset_x, height, width).
+    num_frames: static T.
+    size: output side.
+
+  Returns:
+    [T, size, size, 3] float32 in [0, 255].
+  """
+  if boxes.shape[0] == 1:
+    windows = tf.stack([  # [T, h, w, 3] uint8: one box, so equal window sizes.
+        tf.image.decode_and_crop_jpeg(jpegs[t], boxes[0], channels=3) for t in range(num_frames)])
+    return tf.image.resize(windows, [size, size])
+  return tf.stack([
+      tf.image.resize(tf.image.decode_and_crop_jpeg(jpegs[t], boxes[t], channels=3), [size, size])
+      for t in range(num_frames)])
+
+
 def decode_jpeg_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: int,
                         padded_size: tf.Tensor) -> tf.Tensor:
   """Decodes only the crop window of each JPEG frame, top-left aligned in a zero canvas.
@@ -402,10 +429,57 @@ def adjust_brightness(images: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   return tf.clip_by_value(images * factor, 0.0, 1.0)
 
 
+def channel_mean(images: tf.Tensor, mean_axes) -> tf.Tensor:
+  """Per-channel mean of `images` [..., H, W, C] over `mean_axes` (kept as size-1 axes).
+
+  When the axes are a trailing run ending at W (a clip [T, H, W, C] over [0, 1, 2], a batch
+  [B, T, H, W, C] over [1, 2, 3]), it sums rows of W·C contiguous values first, then folds W: XLA on
+  CPU vectorises that 5× better than one reduction whose innermost kept axis has only C = 3 values.
+  """
+  rank = len(images.shape)
+  mean_axes = sorted(a % rank for a in mean_axes)
+  width, channels = images.shape[-2], images.shape[-1]
+  first = mean_axes[0] if mean_axes else rank
+  if (mean_axes != list(range(first, rank - 1)) or first == rank - 1 or width is None
+      or channels is None):
+    return tf.reduce_mean(images, axis=mean_axes, keepdims=True)
+  lead = tf.shape(images)[:first]
+  rows = tf.reshape(images, tf.concat([lead, [-1, width * channels]], 0))  # [..., rows, W·C]
+  per_column = tf.reduce_mean(rows, axis=-2)  # [..., W·C]
+  mean = tf.reduce_mean(tf.reshape(per_column, tf.concat([lead, [width, channels]], 0)), axis=-2)
+  return tf.reshape(mean, tf.concat([lead, tf.ones([rank - 1 - first], tf.int32), [channels]], 0))
+
+
 def adjust_contrast(images: tf.Tensor, factor: tf.Tensor, mean_axes) -> tf.Tensor:
   """(x − mean) · factor + mean per channel, the mean taken over `mean_axes`; clipped to [0, 1]."""
-  mean = tf.reduce_mean(images, axis=mean_axes, keepdims=True)
+  mean = channel_mean(images, mean_axes)
   return tf.clip_by_value((images - mean) * factor + mean, 0.0, 1.0)
+
+
+def adjust_saturation(images: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """`tf.image.adjust_saturation` in closed form, without the HSV round trip.
+
+  With V = max(r, g, b) and m = min: HSV → RGB gives each channel as V − V·S·f(H), so scaling S by
+  k (clipped at 1) maps every channel x to V − k'·(V − x) with k' = min(k, V / (V − m)): hue and
+  value stay, and no per-pixel hue is computed. Equal to the TF op up to float rounding (~1e-6).
+
+  Args:
+    images: [..., 3] float in [0, 1].
+    factor: scalar or broadcastable to images[..., :1].
+
+  Returns:
+    [..., 3] float in [0, 1].
+  """
+  # Unstacked planes: XLA vectorises elementwise code on [..., W] far better than on [..., W, 3].
+  r, g, b = tf.unstack(images, axis=-1)
+  factor = tf.convert_to_tensor(factor, images.dtype)
+  if factor.shape.rank:
+    factor = factor[..., 0]
+  value = tf.maximum(tf.maximum(r, g), b)
+  chroma = value - tf.minimum(tf.minimum(r, g), b)
+  # Grey pixels (chroma 0) keep their value whatever k' is.
+  scale = tf.minimum(factor, value / tf.maximum(chroma, 1e-12))
+  return tf.stack([value - scale * (value - c) for c in (r, g, b)], axis=-1)
 
 
 def adjust_saturation_and_hue(images: tf.Tensor, saturation_factor: tf.Tensor,
@@ -463,7 +537,7 @@ def color_jitter(video: tf.Tensor, seed: tf.Tensor, brightness: float = 0.8,
   branches = [
       lambda x: adjust_brightness(x, b[0]),
       lambda x: adjust_contrast(x, c[0], mean_axes=[0, 1, 2]),
-      lambda x: tf.clip_by_value(tf.image.adjust_saturation(x, s[0]), 0.0, 1.0),
+      lambda x: tf.clip_by_value(adjust_saturation(x, s[0]), 0.0, 1.0),
       lambda x: tf.clip_by_value(tf.image.adjust_hue(x, h[0]), 0.0, 1.0),
   ]
   for step in range(4):
@@ -539,18 +613,19 @@ def blur_radius(sigma_max, kernel_size: int):
   return tf.clip_by_value(radius, 0, kernel_size // 2)
 
 
-def _blur_along(images, weights, radius, axis):
+def _blur_along(images, weights, radius, axis, step):
   # Zero padding ("SAME"), then a weighted sum of 2r + 1 shifted slices: XLA fuses it into one
   # vectorised loop; a depthwise convolution with 3 channels is several times slower on CPU.
+  # images: [N, H, W·C]; a shift of one pixel is `step` elements along `axis` (C along W·C).
   size = tf.shape(images)[axis]
-  paddings = [[0, 0]] * 4
-  paddings[axis] = [radius, radius]
+  paddings = [[0, 0]] * 3
+  paddings[axis] = [radius * step, radius * step]
   padded = tf.pad(images, paddings)
   out = None
   for tap in range(2 * radius + 1):
-    begin = [0, 0, 0, 0]
-    begin[axis] = tap
-    sizes = [-1, -1, -1, -1]
+    begin = [0, 0, 0]
+    begin[axis] = tap * step
+    sizes = [-1, -1, -1]
     sizes[axis] = size
     term = weights[tap] * tf.slice(padded, begin, sizes)
     out = term if out is None else out + term
@@ -572,6 +647,7 @@ def gaussian_blur(images: tf.Tensor, sigmas: tf.Tensor, kernel_size: int) -> tf.
     [N, H, W, C] float32.
   """
   images = tf.cast(images, tf.float32)
+  shape = tf.shape(images)
   sigmas = tf.cast(tf.reshape(sigmas, [-1]), tf.float32)
   full_radius = kernel_size // 2
   radii = sorted({min(r, full_radius) for r in range(0, full_radius + 2, 2)})
@@ -581,8 +657,11 @@ def gaussian_blur(images: tf.Tensor, sigmas: tf.Tensor, kernel_size: int) -> tf.
       x = tf.cast(tf.range(-radius, radius + 1), tf.float32)[:, None]
       kernels = tf.exp(-tf.square(x) / (2.0 * tf.square(sigmas[None, :])))
       kernels /= tf.reduce_sum(kernels, axis=0, keepdims=True)
-      weights = tf.reshape(kernels, [2 * radius + 1, -1, 1, 1, 1])  # [taps, N or 1, 1, 1, 1]
-      return _blur_along(_blur_along(images, weights, radius, axis=2), weights, radius, axis=1)
+      weights = tf.reshape(kernels, [2 * radius + 1, -1, 1, 1])  # [taps, N or 1, 1, 1]
+      # [N, H, W·C]: W and C merged so the innermost axis is long (XLA vectorises along it).
+      flat = tf.reshape(images, [shape[0], shape[1], shape[2] * shape[3]])
+      flat = _blur_along(flat, weights, radius, axis=2, step=shape[3])
+      return tf.reshape(_blur_along(flat, weights, radius, axis=1, step=1), shape)
     return blur
 
   needed = blur_radius(tf.reduce_max(sigmas), kernel_size)

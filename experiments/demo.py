@@ -4,7 +4,7 @@
   python -m cvrl_tf.train --experiment=demo --workdir=demo_out/pretrain
 
 Same recipe as cvrl_k600 (NT-Xent at τ = 0.1, the Δ sampling, the full augmentation, LARS with
-warm-up + cosine), scaled down: an R3D-18 of 1/8 width on 8 × 2 frames at 64×64, batch 32.
+warm-up + cosine), scaled down: an R3D-18 of 1/4 width on 8 × 2 frames at 32×32, batch 32.
 """
 
 import os
@@ -24,7 +24,7 @@ def get_config() -> cfg.ExperimentConfig:
           reader=input_pipeline.ReaderConfig(
               file_pattern=os.path.join(DEMO_TFRECORDS, "train-*-of-*.tfrecord"),
               shuffle_buffer_size=256, cycle_length=4),
-          num_frames=8, stride=2, crop_size=64, delta_exponent=1.0),
+          num_frames=8, stride=2, crop_size=32, delta_exponent=1.0),
       model=cfg.ModelConfig(depth=18, stem_filters=16, stage_filters=(16, 32, 64, 128),
                             sync_batch_norm=True, head_hidden_sizes=(256, 256),
                             head_output_size=64),
@@ -34,6 +34,6 @@ def get_config() -> cfg.ExperimentConfig:
           reference_batch_size=1024,
           momentum=0.9, trust_coefficient=0.001, weight_decay=1e-6, warmup_epochs=5),
       train=cfg.TrainConfig(
-          global_batch_size=batch_size, epochs=60, num_train_examples=DEMO_TRAIN_VIDEOS,
-          temperature=0.1, steps_per_loop=8, log_every_steps=8, checkpoint_every_steps=120,
+          global_batch_size=batch_size, epochs=40, num_train_examples=DEMO_TRAIN_VIDEOS,
+          temperature=0.1, steps_per_loop=8, log_every_steps=16, checkpoint_every_steps=80,
           keep_checkpoints=3))
