@@ -105,15 +105,36 @@ def test_print_config_shows_the_paper_recipe():
   assert config["derived"]["warmup_steps"] == 1787
 
 
-def test_runs_checkpoints_logs_and_resumes(experiment, tmp_path):
-  workdir = str(tmp_path / "run")
-  first = _train(experiment, workdir, "train.max_steps=4")
+@pytest.fixture(scope="module")
+def four_steps(experiment, tmp_path_factory):
+  """A run of 4 steps (checkpoint at 3 and 4); tests copy its workdir before touching it."""
+  workdir = str(tmp_path_factory.mktemp("four") / "run")
+  return workdir, _train(experiment, workdir, "train.max_steps=4")
+
+
+def _copy(workdir, tmp_path):
+  import shutil
+  target = str(tmp_path / "copy")
+  shutil.copytree(workdir, target)
+  # The manager's state file holds absolute paths: point it at the copy.
+  state = os.path.join(target, "checkpoints", "checkpoint")
+  with open(state) as f:
+    text = f.read().replace(os.path.join(workdir, "checkpoints"),
+                            os.path.join(target, "checkpoints"))
+  with open(state, "w") as f:
+    f.write(text)
+  return target
+
+
+def test_runs_checkpoints_logs_and_resumes(experiment, four_steps, tmp_path):
+  source, first = four_steps
   assert "started from random initialisation" in first.stdout
   assert [line.split()[1] for line in first.stdout.splitlines()
           if line.startswith("step ")] == ["2/4", "4/4"]
-  assert os.path.exists(os.path.join(workdir, "config.json"))
-  assert glob.glob(os.path.join(workdir, "summaries", "train", "events.out.tfevents.*"))
-  assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-4")
+  assert os.path.exists(os.path.join(source, "config.json"))
+  assert glob.glob(os.path.join(source, "summaries", "train", "events.out.tfevents.*"))
+  assert tf.train.latest_checkpoint(os.path.join(source, "checkpoints")).endswith("ckpt-4")
+  workdir = _copy(source, tmp_path)
   second = _train(experiment, workdir, "train.max_steps=6")
   assert "resumed from" in second.stdout and "at step 4" in second.stdout
   assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-6")
@@ -157,15 +178,15 @@ def test_loss_falls_on_a_learnable_task(experiment, tmp_path):
   assert losses[-1] < losses[0] - 0.5, losses
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(experiment, tmp_path):
-  workdir = str(tmp_path / "nan")
-  _train(experiment, workdir, "train.max_steps=3")
-  result = _train(experiment, workdir, "train.max_steps=6", "optimizer.name=sgd",
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(experiment, four_steps,
+                                                                     tmp_path):
+  workdir = _copy(four_steps[0], tmp_path)
+  result = _train(experiment, workdir, "train.max_steps=8", "optimizer.name=sgd",
                   "optimizer.base_learning_rate=1e30", check=False)
   assert result.returncode == 1
   assert "the loss became NaN or infinite at step" in result.stderr
-  assert "last good checkpoint" in result.stderr and "ckpt-3" in result.stderr
-  assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-3")
+  assert "last good checkpoint" in result.stderr and "ckpt-4" in result.stderr
+  assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-4")
 
 
 def test_config_errors_name_the_key_and_the_choices(experiment, tmp_path):
@@ -189,10 +210,8 @@ def test_init_checkpoint_that_does_not_match_fails_loudly(experiment, tmp_path):
   assert "nothing_here" in result.stderr
 
 
-def test_init_checkpoint_from_a_pretraining_run(experiment, tmp_path):
-  source = str(tmp_path / "source")
-  _train(experiment, source, "train.max_steps=3")
-  prefix = tf.train.latest_checkpoint(os.path.join(source, "checkpoints"))
+def test_init_checkpoint_from_a_pretraining_run(experiment, four_steps, tmp_path):
+  prefix = tf.train.latest_checkpoint(os.path.join(four_steps[0], "checkpoints"))
   result = _train(experiment, str(tmp_path / "target"), "train.max_steps=1",
                   f"train.init_checkpoint={prefix}")
   assert "restored" in result.stdout and "backbone variables" in result.stdout
