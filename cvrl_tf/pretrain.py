@@ -8,10 +8,9 @@ start per segment.
 """
 
 import dataclasses
-import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import keras
 import tensorflow as tf

@@ -1,7 +1,9 @@
-"""Shared test helpers: real video files made with PyAV, small enough to encode in milliseconds."""
+"""Shared test helpers: real video files made with PyAV, small enough to encode in milliseconds;
+free loopback ports for multi-worker tests."""
 
 import fractions
 import os
+import socket
 from typing import Optional, Sequence
 
 import av
@@ -69,3 +71,14 @@ def coded_video(tmp_path):
     return write_video(os.path.join(tmp_path, name), [coded_frame(i) for i in range(n)],
                        fps=fps, **kwargs)
   return make
+
+
+def free_ports(count: int) -> list:
+  """`count` TCP ports on 127.0.0.1 that were free a moment ago (for TF_CONFIG clusters)."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports

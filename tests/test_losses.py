@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import free_ports
 from cvrl_tf import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,21 +276,11 @@ _WORKER = _COMMON + textwrap.dedent("""
 """)
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 @pytest.mark.slow
 def test_two_workers_give_the_loss_and_gradients_of_one_process(tmp_path):
   script = tmp_path / "worker.py"
   script.write_text(_WORKER)
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
   workers = []
   for index in range(2):
     tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})

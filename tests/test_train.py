@@ -5,13 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import free_ports
 from cvrl_tf import schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,17 +259,6 @@ def test_two_replicas_train_like_one_replica_on_the_whole_batch(experiment):
     np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-5)
 
 
-def _free_ports(n):
-  import socket
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 @pytest.mark.slow
 def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_path):
   # A real MultiWorkerMirroredStrategy: two processes, TF_CONFIG, collectives over 127.0.0.1.
@@ -278,7 +267,7 @@ def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_p
   overrides = ["train.max_steps=3", "train.steps_per_loop=1", "train.log_every_steps=1",
                "train.input_sharding=replicate", "train.checkpoint_every_steps=3"]
   single = _train(experiment, str(tmp_path / "single"), *overrides)
-  ports = _free_ports(2)
+  ports = free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
   workers = []
   for index in range(2):

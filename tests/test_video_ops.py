@@ -164,6 +164,49 @@ def test_saturation_and_hue_match_tf_image():
       tf.clip_by_value(tf.image.adjust_hue(x, 0.3), 0, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("factor", [0.0, 0.2, 1.0, 1.5, 1.8])
+def test_closed_form_saturation_matches_tf_image(factor):
+  # Includes grey, black, white and fully saturated pixels, where S is 0 or clips at 1.
+  x = tf.concat([tf.random.stateless_uniform([2, 8, 8, 3], SEED),
+                 tf.constant([[[[0.5, 0.5, 0.5], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.3],
+                                [0.9, 0.1, 0.9], [0.2, 0.25, 0.2], [1e-7, 0.0, 0.0],
+                                [0.6, 0.4, 0.5]]] * 8] * 2)], axis=2)
+  expected = tf.image.adjust_saturation(x, factor)
+  np.testing.assert_allclose(video_ops.adjust_saturation(x, factor), expected, atol=2e-6)
+  compiled = tf.function(video_ops.adjust_saturation, jit_compile=True)
+  np.testing.assert_allclose(compiled(x, tf.constant(factor)), expected, atol=2e-6)
+  # A broadcast factor per leading index, as in the vectorised jitter.
+  per_image = tf.constant([factor, 1.0])[:, None, None, None]
+  np.testing.assert_allclose(video_ops.adjust_saturation(x, per_image)[1], x[1], atol=2e-6)
+
+
+@pytest.mark.parametrize("delta", [-0.5, -0.2, -0.03, 0.0, 0.1, 0.2, 0.5])
+def test_closed_form_hue_matches_tf_image(delta):
+  x = tf.concat([tf.random.stateless_uniform([2, 8, 8, 3], SEED),
+                 tf.constant([[[[0.5, 0.5, 0.5], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.3],
+                                [0.9, 0.1, 0.9], [0.2, 0.25, 0.2], [0.7, 0.7, 0.1],
+                                [0.6, 0.4, 0.6]]] * 8] * 2)], axis=2)
+  expected = tf.image.adjust_hue(x, delta)
+  np.testing.assert_allclose(video_ops.adjust_hue(x, delta), expected, atol=2e-6)
+  compiled = tf.function(video_ops.adjust_hue, jit_compile=True)
+  np.testing.assert_allclose(compiled(x, tf.constant(delta)), expected, atol=2e-6)
+  per_image = tf.constant([delta, 0.0])[:, None, None, None]
+  np.testing.assert_allclose(video_ops.adjust_hue(x, per_image)[1], x[1], atol=2e-6)
+
+
+@pytest.mark.parametrize("shape, axes", [((3, 5, 7, 3), [0, 1, 2]), ((2, 3, 5, 7, 3), [1, 2, 3]),
+                                         ((2, 3, 5, 7, 3), [2, 3]), ((3, 5, 7, 3), [1]),
+                                         ((3, 5, 7, 3), [0, 2])])
+def test_channel_mean_equals_reduce_mean(shape, axes):
+  x = tf.random.stateless_uniform(shape, SEED)
+  expected = tf.reduce_mean(x, axis=axes, keepdims=True)
+  got = video_ops.channel_mean(x, axes)
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  np.testing.assert_allclose(tf.function(video_ops.channel_mean, jit_compile=True)(x, axes),
+                             expected, rtol=1e-6)
+
+
 def test_solarize_and_grayscale_values():
   x = tf.constant([[[[0.2, 0.5, 0.9]]]])
   np.testing.assert_allclose(video_ops.solarize(x), [[[[0.2, 0.5, 0.1]]]], atol=1e-7)
