@@ -212,9 +212,12 @@ def test_init_checkpoint_that_does_not_match_fails_loudly(experiment, tmp_path):
 
 def test_init_checkpoint_from_a_pretraining_run(experiment, four_steps, tmp_path):
   prefix = tf.train.latest_checkpoint(os.path.join(four_steps[0], "checkpoints"))
-  result = _train(experiment, str(tmp_path / "target"), "train.max_steps=1",
-                  f"train.init_checkpoint={prefix}")
+  # In mixed_bfloat16 too: the checkpoint's float32 variables load into the bf16-compute model.
+  result = _train(experiment, str(tmp_path / "target"), "train.max_steps=2",
+                  f"train.init_checkpoint={prefix}", "train.mixed_precision=mixed_bfloat16")
   assert "restored" in result.stdout and "backbone variables" in result.stdout
+  (loss,) = _losses(result.stdout)
+  assert np.isfinite(loss) and 1.0 < loss < 20.0
 
 
 MIRRORED_SCRIPT = '''
