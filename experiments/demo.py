@@ -7,6 +7,7 @@ Same recipe as cvrl_k600 (NT-Xent at τ = 0.1, the Δ sampling, the full augment
 warm-up + cosine), scaled down: an R3D-18 of 1/4 width on 8 × 2 frames at 32×32, batch 32.
 """
 
+import math
 import os
 
 from cvrl_tf import config as cfg
@@ -30,7 +31,9 @@ def get_config() -> cfg.ExperimentConfig:
                             head_output_size=64),
       optimizer=cfg.OptimizerConfig(
           name="lars",
-          base_learning_rate=0.32 * 4,       # small batches like a larger rate; lr = 0.04 here
+          # SimCLR's square-root rule for small batches, 0.075 × √batch = 0.42 (linear scaling
+          # from 0.32 @ 1024 would give 0.01, which barely moves in 320 steps).
+          base_learning_rate=0.075 * math.sqrt(batch_size) * 1024 / batch_size,
           reference_batch_size=1024,
           momentum=0.9, trust_coefficient=0.001, weight_decay=1e-6, warmup_epochs=5),
       train=cfg.TrainConfig(
