@@ -67,7 +67,9 @@ class TrainConfig:
   global_batch_size: int = 1024
   epochs: float = 800.0
   num_train_examples: int = 0            # videos in the training split (dataset_info.json)
-  max_steps: Optional[int] = None        # stop early (smoke tests); None: epochs × steps/epoch
+  # Stop after this step (smoke tests, time-boxed jobs). The learning-rate schedule still spans
+  # `epochs`, so a later run with a larger max_steps continues the same schedule.
+  max_steps: Optional[int] = None
   temperature: float = 0.1
   steps_per_loop: int = 10               # steps per tf.function call
   log_every_steps: int = 10
@@ -101,9 +103,15 @@ class ExperimentConfig:
 
   @property
   def total_steps(self) -> int:
-    if self.train.max_steps is not None:
-      return self.train.max_steps
+    """Steps of the schedule: epochs × examples / batch, rounded."""
     return schedules.epochs_to_steps(self.train.epochs, self.steps_per_epoch)
+
+  @property
+  def stop_step(self) -> int:
+    """The step the run ends at: total_steps, or max_steps when that is earlier."""
+    if self.train.max_steps is None:
+      return self.total_steps
+    return min(self.train.max_steps, self.total_steps)
 
   @property
   def warmup_steps(self) -> int:
@@ -119,16 +127,24 @@ class ExperimentConfig:
 
 
 def validate(config: ExperimentConfig) -> ExperimentConfig:
-  """Checks the values no single field can check alone; returns `config`."""
-  train = config.train
+  """Checks the values no single field can check alone; returns `config`.
+
+  Raises:
+    ConfigError naming the key, the value and what is accepted.
+  """
+  train, opt = config.train, config.optimizer
   if train.global_batch_size < 2:
     raise ConfigError(f"train.global_batch_size must be >= 2 (negatives come from the batch), "
                       f"got {train.global_batch_size}")
-  if train.max_steps is None and train.num_train_examples < train.global_batch_size:
+  if train.num_train_examples < train.global_batch_size:
     raise ConfigError(
         f"train.num_train_examples={train.num_train_examples} gives no full batch of "
         f"{train.global_batch_size}: set it to the number of training videos "
         "(dataset_info.json, splits.train.videos)")
+  if not train.epochs > 0:
+    raise ConfigError(f"train.epochs must be > 0, got {train.epochs}")
+  if train.max_steps is not None and train.max_steps < 1:
+    raise ConfigError(f"train.max_steps must be >= 1 or none, got {train.max_steps}")
   if not config.data.reader.file_pattern:
     raise ConfigError("data.reader.file_pattern is empty: set it to the training shards, e.g. "
                       "--config=data.reader.file_pattern=/data/k600/train-*.tfrecord")
@@ -137,6 +153,12 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
       raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
   if train.temperature <= 0:
     raise ConfigError(f"train.temperature must be > 0, got {train.temperature}")
+  if not opt.base_learning_rate > 0 or opt.reference_batch_size < 1:
+    raise ConfigError(f"optimizer.base_learning_rate must be > 0 and reference_batch_size >= 1, "
+                      f"got {opt.base_learning_rate} and {opt.reference_batch_size}")
+  if opt.warmup_epochs < 0 or not 0 <= opt.momentum < 1 or opt.weight_decay < 0:
+    raise ConfigError(f"need optimizer.warmup_epochs >= 0, 0 <= momentum < 1, weight_decay >= 0; "
+                      f"got {opt.warmup_epochs}, {opt.momentum}, {opt.weight_decay}")
   return config
 
 
@@ -200,7 +222,12 @@ def _replace(config, path: list, text: str, key: str):
     if dataclasses.is_dataclass(current):
       raise ConfigError(f"{key!r} is a group; set one of {', '.join(_all_keys(current, key + '.'))}")
     hint = typing.get_type_hints(type(config))[path[0]]
-    return dataclasses.replace(config, **{path[0]: parse_value(text, hint, key)})
+    try:
+      return dataclasses.replace(config, **{path[0]: parse_value(text, hint, key)})
+    except (ValueError, TypeError) as e:  # the dataclass's own checks (e.g. a probability > 1)
+      if isinstance(e, ConfigError):
+        raise
+      raise ConfigError(f"{key}={text!r}: {e}") from None
   if not dataclasses.is_dataclass(current):
     raise ConfigError(f"unknown config key {key!r}: {path[0]!r} has no sub-keys")
   return dataclasses.replace(config, **{path[0]: _replace(current, path[1:], text, key)})
@@ -269,5 +296,6 @@ def to_json(config: ExperimentConfig) -> str:
   """The resolved config, plus the derived numbers a reader would otherwise compute."""
   data = to_dict(config)
   data["derived"] = {"steps_per_epoch": config.steps_per_epoch, "total_steps": config.total_steps,
-                     "warmup_steps": config.warmup_steps, "learning_rate": config.learning_rate}
+                     "warmup_steps": config.warmup_steps, "stop_step": config.stop_step,
+                     "learning_rate": config.learning_rate}
   return json.dumps(data, indent=2) + "\n"

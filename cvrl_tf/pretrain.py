@@ -25,6 +25,11 @@ from cvrl_tf import runtime
 from cvrl_tf import schedules
 
 
+def _mix_seed(seed: int, step) -> int:
+  """A per-run, per-position seed: the data segment starting at `step`, or the step itself."""
+  return (seed * 1_000_003 + step) % (2**31 - 1)
+
+
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the last checkpoint before it is kept."""
 
@@ -117,8 +122,11 @@ class Trainer:
                     + lars.kernel_variables(self.model.head))
     self.checkpoint = tf.train.Checkpoint(backbone=self.model.backbone, head=self.model.head,
                                           optimizer=self.optimizer)
+    # Every worker restores from the chief's checkpoints (all workers must resume at the same
+    # step); saving is collective, so the other workers write throw-away copies elsewhere.
+    self.checkpoint_dir = os.path.join(workdir, "checkpoints")
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, runtime.worker_dir(workdir, strategy, "checkpoints"),
+        self.checkpoint, runtime.save_dir(self.checkpoint_dir, strategy),
         max_to_keep=config.train.keep_checkpoints, step_counter=self.optimizer.iterations)
     self.writer = (tf.summary.create_file_writer(os.path.join(workdir, "summaries", "train"))
                    if runtime.is_chief(strategy) else tf.summary.create_noop_writer())
@@ -130,9 +138,15 @@ class Trainer:
 
   def restore(self) -> str:
     """Resumes from the run's latest checkpoint, else loads train.init_checkpoint, else nothing."""
-    latest = self.manager.latest_checkpoint
+    latest = tf.train.latest_checkpoint(self.checkpoint_dir)
     if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      try:
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+      except (AssertionError, ValueError) as e:
+        raise resnet3d.CheckpointMismatchError(
+            f"{latest} does not fit this run's model and optimizer ({str(e)[:300]}); was the "
+            "workdir made with another config? Use a new --workdir (and --init_checkpoint to "
+            "start from its backbone)") from None
       return f"resumed from {latest} at step {self.step}"
     if self.config.train.init_checkpoint:
       return restore_initial_backbone(self.model.backbone, self.config.train.init_checkpoint)
@@ -144,9 +158,9 @@ class Trainer:
     if not self.config.data.augment_in_step:
       return features
     context = tf.distribute.get_replica_context()
-    seed = tf.stack([self.optimizer.iterations,
+    seed = tf.stack([_mix_seed(self.config.train.seed, self.optimizer.iterations),
                      tf.cast(context.replica_id_in_sync_group, tf.int64)])
-    seed = tf.cast(seed + self.config.train.seed * 1_000_003, tf.int32)
+    seed = tf.cast(seed, tf.int32)
     return input_pipeline.augment_pretrain_batch(features, seed, self.config.data.augmentation)
 
   def _replica_step(self, features, with_gradient_norm: bool):
@@ -166,12 +180,13 @@ class Trainer:
     gradients = tape.gradient(loss, variables)
     gradient_norm = tf.constant(0.0)
     if with_gradient_norm:
-      # The optimizer sums gradients over replicas itself; to see the norm of that sum we sum
-      # them here and hand it 1/R of the result (an extra all-reduce, once per loop call).
+      # The optimizer sums gradients over replicas inside apply_gradients, out of sight; the norm
+      # of that sum needs a sum of our own (an extra all-reduce, once per loop call). The update
+      # still uses the local gradients, so logging does not change the weights.
       context = tf.distribute.get_replica_context()
-      gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
-      gradient_norm = tf.linalg.global_norm(gradients) / self.replicas
-      gradients = [g / self.replicas for g in gradients]
+      # Every replica holds the whole norm; as a share (1/R of it) it sums to the norm again.
+      gradient_norm = tf.linalg.global_norm(
+          context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)) / self.replicas
     self.optimizer.apply_gradients(zip(gradients, variables))
     return (out.loss, regularization / self.replicas, out.contrast_accuracy,
             out.contrast_entropy, gradient_norm)
@@ -202,7 +217,7 @@ class Trainer:
     data = self.config.data
     reader = dataclasses.replace(
         data.reader, per_replica_batch_size=self.per_replica_batch,
-        seed=(self.config.train.seed * 1_000_003 + segment_start) % (2**31 - 1),
+        seed=_mix_seed(self.config.train.seed, segment_start),
         deterministic=self.config.train.deterministic or data.reader.deterministic)
     data = dataclasses.replace(data, reader=reader)
     if self.config.train.input_sharding == "files":
@@ -237,19 +252,20 @@ class Trainer:
       tf.summary.scalar("clips_per_second", clips_per_s)
     self.writer.flush()
 
-  def _check_finite(self, step: int) -> None:
+  def _check_finite(self) -> None:
+    # first_bad_step holds optimizer.iterations read after the update: the 1-based step number.
     bad = int(self.first_bad_step.numpy())
     if bad >= 0:
-      kept = self.manager.latest_checkpoint or "none yet"
+      kept = tf.train.latest_checkpoint(self.checkpoint_dir) or "none yet"
       raise NonFiniteLossError(
-          f"the loss became NaN or infinite at step {bad + 1} (steps {step - 1} and later were "
-          f"not saved); last good checkpoint: {kept}. Lower optimizer.base_learning_rate or "
-          "check the input data")
+          f"the loss became NaN or infinite at step {bad}; nothing after the last good "
+          f"checkpoint was saved: {kept}. Lower optimizer.base_learning_rate (or lengthen "
+          "optimizer.warmup_epochs) or check the input data")
 
   def train(self) -> dict:
-    """Runs to config.total_steps from wherever the run is; returns the last logged values."""
+    """Runs to config.stop_step from wherever the run is; returns the last logged values."""
     train = self.config.train
-    total = self.config.total_steps
+    total = self.config.stop_step
     clips_per_step = 2 * train.global_batch_size
     last = {}
     run_start, run_start_step = time.monotonic(), self.step
@@ -266,7 +282,7 @@ class Trainer:
         values = self._loop(iterator, tf.constant(num_steps))
         values = values.numpy()
         seconds = time.monotonic() - start
-        self._check_finite(self.step)
+        self._check_finite()
         step = self.step
         if step % train.log_every_steps == 0 or step == total:
           clips_per_s = num_steps * clips_per_step / max(seconds, 1e-9)
@@ -281,6 +297,7 @@ class Trainer:
                    f"acc {values[2]:.3f}  lr {float(self.schedule(step - 1)):.4g}  "
                    f"{clips_per_s:.1f} clips/s  ETA {_duration(eta)}")
       self.manager.save(checkpoint_number=self.step)
+      runtime.discard_scratch(self.manager.directory, self.checkpoint_dir)
       self.log(f"saved checkpoint at step {self.step}")
     return last
 

@@ -5,8 +5,8 @@ Library code: everything is a function of its arguments (the entry points read t
 
 import json
 import os
-from typing import Optional
-
+import shutil
+import tempfile
 import keras
 import tensorflow as tf
 
@@ -67,16 +67,24 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                   and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def worker_dir(workdir: str, strategy: tf.distribute.Strategy, name: str) -> str:
-  """`workdir/name` on the chief; a per-worker scratch folder elsewhere.
+def save_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
+  """Where this worker saves: `directory` on the chief, a private scratch folder elsewhere.
 
-  MultiWorkerMirrored checkpoints are collective: every worker saves, but only the chief's copy
-  may land in the run's directory.
+  MultiWorkerMirrored saving is collective (every worker must call save), but only the chief's
+  copy belongs in the run's directory; the others are discarded after each save.
   """
   if is_chief(strategy):
-    return os.path.join(workdir, name)
+    return directory
   resolver = strategy.cluster_resolver
-  return os.path.join(workdir, "workers", f"{resolver.task_type}_{resolver.task_id}", name)
+  return tempfile.mkdtemp(prefix=f"cvrl_{resolver.task_type}{resolver.task_id}_checkpoint_")
+
+
+def discard_scratch(saved_in: str, directory: str) -> None:
+  """Deletes a non-chief worker's scratch copy (see save_dir); keeps the chief's."""
+  if os.path.abspath(saved_in) != os.path.abspath(directory):
+    for name in os.listdir(saved_in):
+      path = os.path.join(saved_in, name)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def set_precision(policy: str) -> None:
@@ -91,7 +99,3 @@ def set_determinism(seed: int, deterministic: bool) -> None:
   keras.utils.set_random_seed(seed)
   if deterministic:
     tf.config.experimental.enable_op_determinism()
-
-
-def latest_checkpoint(directory: str) -> Optional[str]:
-  return tf.train.latest_checkpoint(directory) if tf.io.gfile.isdir(directory) else None

@@ -27,21 +27,41 @@ flags.DEFINE_string("init_checkpoint", None, "Shortcut for --config=train.init_c
 flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and exit.")
 
 
-def _write_config(workdir: str, text: str) -> None:
-  """config.json of the run; a resumed run must have been started with the same config."""
+# What may change between a run and its resumption: how it is logged, stopped, placed and fed.
+# Anything else (model, optimizer, batch, schedule, augmentation, seed) would silently make the
+# resumed run a different experiment.
+RESUMABLE_CHANGES = (
+    "train.max_steps", "train.log_every_steps", "train.steps_per_loop", "train.keep_checkpoints",
+    "train.strategy", "train.tpu", "train.init_checkpoint", "data.reader.file_pattern",
+    "data.reader.cycle_length", "data.augment_in_step", "data.use_xla", "derived")
+
+
+def _flatten(tree, prefix=""):
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f"{prefix}{key}."))
+  return flat
+
+
+def check_resumable(workdir: str, text: str) -> None:
+  """Refuses to continue a run in `workdir` with a config that changes the experiment."""
   path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      previous = json.load(f)
-    current = json.loads(text)
-    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-    if changed:
-      print(f"note: {path} differs from this run's config in {changed}; the run continues with "
-            "the new values and config.json is updated", file=sys.stderr)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    before = _flatten(json.load(f))
+  now = _flatten(json.loads(text))
+  changed = sorted(key for key in set(before) | set(now)
+                   if before.get(key) != now.get(key)
+                   and not key.startswith(RESUMABLE_CHANGES))
+  if changed:
+    details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+    raise ValueError(
+        f"{workdir} holds a run with another config ({details}); resume it with the same "
+        "experiment and overrides, or start a new --workdir (with --init_checkpoint to reuse "
+        "its backbone)")
 
 
 def main(argv):
@@ -70,20 +90,26 @@ def main(argv):
   from cvrl_tf import pretrain
   from cvrl_tf import resnet3d
   from cvrl_tf import runtime
+  from cvrl_tf import schema
 
+  try:
+    check_resumable(FLAGS.workdir, text)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   strategy = runtime.make_strategy(config.train.strategy, config.train.tpu)
   runtime.set_precision(config.train.mixed_precision)
   runtime.set_determinism(config.train.seed, config.train.deterministic)
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  if runtime.is_chief(strategy):
-    _write_config(FLAGS.workdir, text)
-  print(f"experiment {config.name}: {config.total_steps} steps of {config.train.global_batch_size} "
-        f"videos on {strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}); "
-        f"workdir {FLAGS.workdir}", flush=True)
+  print(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
+        f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} replica(s) "
+        f"({type(strategy).__name__}); workdir {FLAGS.workdir}", flush=True)
   try:
     trainer = pretrain.Trainer(config, FLAGS.workdir, strategy,
                                log=lambda line: print(line, flush=True))
     print(trainer.restore(), flush=True)
+    if runtime.is_chief(strategy):  # after the restore: config.json describes the checkpoints
+      schema.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
     trainer.train()
   except (cfg.ConfigError, resnet3d.CheckpointMismatchError, FileNotFoundError,
           pretrain.NonFiniteLossError) as e:

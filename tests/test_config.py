@@ -27,6 +27,9 @@ def test_kinetics_arithmetic():
   assert sgd.optimizer.name == "sgd" and sgd.optimizer.momentum == 0.9
   half = cfg.load_experiment("cvrl_k600", ["train.global_batch_size=512"])
   assert half.learning_rate == pytest.approx(0.16)       # linear scaling
+  # max_steps ends the run early; the schedule still spans the epochs.
+  short = cfg.load_experiment("cvrl_k600", ["train.max_steps=1000"])
+  assert (short.stop_step, short.total_steps, short.warmup_steps) == (1000, 285950, 1787)
 
 
 def test_overrides_parse_by_type():
@@ -53,6 +56,10 @@ def test_overrides_parse_by_type():
     ("train.global_batch_size=1", "must be >= 2"),
     ("data.reader.file_pattern=", "data.reader.file_pattern is empty"),
     ("train.num_train_examples=10", "gives no full batch"),
+    ("train.max_steps=0", "train.max_steps must be >= 1 or none"),
+    ("optimizer.base_learning_rate=0", "optimizer.base_learning_rate must be > 0"),
+    ("optimizer.warmup_epochs=-1", "need optimizer.warmup_epochs >= 0"),
+    ("data.augmentation.grayscale_probability=2", "data.augmentation.grayscale_probability='2'"),
 ])
 def test_bad_overrides_say_what_is_valid(override, message):
   with pytest.raises(cfg.ConfigError) as error:
