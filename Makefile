@@ -25,7 +25,8 @@ demo: $(STAMP)
 	    --csv=$(DEMO_OUT)/videos/train.csv,$(DEMO_OUT)/videos/validate.csv \
 	    --video_dir=$(DEMO_OUT)/videos --output_dir=$(DEMO_OUT)/tfrecords \
 	    --fps=25 --short_side=64 --num_shards=4
-	$(PY) -m cvrl_tf.train --experiment=demo --workdir=$(DEMO_OUT)/pretrain
+	$(PY) -m cvrl_tf.train --experiment=demo --workdir=$(DEMO_OUT)/pretrain \
+	    --config=data.reader.file_pattern='$(DEMO_OUT)/tfrecords/train-*-of-*.tfrecord'
 
 clean:
 	rm -rf $(DEMO_OUT) build *.egg-info

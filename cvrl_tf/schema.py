@@ -172,7 +172,9 @@ def parse_video(serialized: tf.Tensor) -> dict:
 def atomic_write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` so that readers see the old file or the whole new one, never a part."""
   directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  # The pid in the name lets a later run tell a dead writer's leftover from a live one's file.
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{os.getpid()}.",
+                             suffix=".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -202,8 +204,12 @@ def format_label_map(label_map: Sequence[str]) -> str:
 
 def read_label_map(path: str) -> list:
   """Reads label_map.txt written by `format_label_map` (blank lines are refused, not skipped)."""
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
+  with open(path, encoding="utf-8", newline="") as f:
+    # "\n" only: str.splitlines() also splits on \x0b, \x85, \u2028..., which may sit in a label.
+    lines = f.read().split("\n")
+  if lines and lines[-1] == "":
+    lines.pop()
+  lines = [line[:-1] if line.endswith("\r") else line for line in lines]
   for number, line in enumerate(lines, start=1):
     if not line.strip():
       raise ValueError(f"{path}:{number}: empty line in a label map; expected one label per line")

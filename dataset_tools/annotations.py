@@ -85,6 +85,13 @@ def read_kinetics_csv(csv_path: str, video_dir: str, index: Dict[str, List[str]]
   Raises:
     ValueError naming the file and line for a malformed CSV (missing columns, bad numbers).
   """
+  try:
+    return _read_kinetics_csv(csv_path, video_dir, index)
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{csv_path}: not UTF-8 text ({e}); expected a Kinetics annotation CSV")
+
+
+def _read_kinetics_csv(csv_path, video_dir, index):
   entries = []
   default_split = os.path.splitext(os.path.basename(csv_path))[0]
   with open(csv_path, newline="", encoding="utf-8-sig") as f:

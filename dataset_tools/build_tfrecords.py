@@ -17,6 +17,7 @@ Writes `{split}-{i:05d}-of-{n:05d}.tfrecord`, `label_map.txt`, `dataset_info.jso
 Add --dry_run first to see what the build will cost.
 """
 
+import csv
 import os
 import sys
 
@@ -125,8 +126,8 @@ def main(argv):
     raise app.UsageError("--output_dir is required")
   try:
     entries = _read_entries()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ValueError, OSError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
+    print(f"error: reading the inputs: {e}", file=sys.stderr)
     return 2
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only writes TFRecords here
   # Imported here, not at the top: the decode workers are spawned processes that re-import this
@@ -136,7 +137,8 @@ def main(argv):
 
   settings = builder.BuildSettings(fps=FLAGS.fps, short_side=FLAGS.short_side,
                                    jpeg_quality=FLAGS.jpeg_quality)
-  num_workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
+  num_workers = FLAGS.num_workers or (len(os.sched_getaffinity(0))
+                                      if hasattr(os, "sched_getaffinity") else os.cpu_count())
   try:
     label_map = schema.read_label_map(FLAGS.label_map) if FLAGS.label_map else None
     if FLAGS.dry_run:
@@ -148,7 +150,7 @@ def main(argv):
         entries, FLAGS.output_dir, settings, num_shards=FLAGS.num_shards,
         num_workers=num_workers, timeout_s=FLAGS.timeout_s, label_map=label_map,
         overwrite=FLAGS.overwrite)
-  except (builder.BuildError, ValueError, FileNotFoundError) as e:
+  except (builder.BuildError, ValueError, OSError) as e:  # OSError: permissions, a full disk
     print(f"error: {e}", file=sys.stderr)
     return 2
   _print_summary(report, FLAGS.output_dir)

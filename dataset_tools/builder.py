@@ -163,7 +163,9 @@ def _our_outputs(output_dir: str) -> List[str]:
   names = [schema.LABEL_MAP_FILE, schema.DATASET_INFO_FILE, schema.FAILURES_FILE, STATE_DIR]
   paths = [os.path.join(output_dir, n) for n in names]
   paths += glob.glob(os.path.join(output_dir, "*-?????-of-?????.tfrecord"))
-  paths += glob.glob(os.path.join(output_dir, ".*-?????-of-?????.tfrecord.tmp"))
+  paths += glob.glob(os.path.join(output_dir, ".*-?????-of-?????.tfrecord.*.tmp"))
+  for name in names[:3]:  # atomic_write_bytes leftovers of a killed run
+    paths += glob.glob(os.path.join(output_dir, f".{name}.*.tmp"))
   return sorted(p for p in paths if os.path.lexists(p))
 
 
@@ -208,6 +210,30 @@ def check_output_dir(output_dir: str, settings: BuildSettings, label_map: Sequen
       stray = glob.glob(os.path.join(output_dir, glob.escape(split) + "-?????-of-?????.tfrecord"))
       if stray:
         raise BuildError(f"{output_dir} already holds {os.path.basename(stray[0])}; {hint}")
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's process
+    return True
+  return True
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)(\.[A-Za-z0-9_]+)?\.tmp$")  # .{name}.{pid}[.{random}].tmp
+
+
+def remove_stale_temporaries(output_dir: str) -> None:
+  """Deletes the half-written files of builds that were killed (their process is gone)."""
+  for directory in (output_dir, os.path.join(output_dir, STATE_DIR)):
+    if not os.path.isdir(directory):
+      continue
+    for name in os.listdir(directory):
+      match = _TEMPORARY.match(name)
+      if match and not _pid_alive(int(match.group(1))):
+        os.remove(os.path.join(directory, name))
 
 
 def _shard_is_complete(output_dir: str, shard: ShardPlan) -> bool:
@@ -284,7 +310,9 @@ def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSetti
                 label_map: Dict[str, int], on_video=None) -> ShardSummary:
   """Writes one shard from (entry, result) pairs; renames it into place only when complete."""
   summary = ShardSummary(name=shard.name, split=shard.split)
-  tmp_path = os.path.join(output_dir, f".{shard.name}.tmp")
+  # Unique per process: two builds of one folder (a retried job) must not write one file; both
+  # produce the same bytes, so whichever rename lands last is right.
+  tmp_path = os.path.join(output_dir, f".{shard.name}.{os.getpid()}.tmp")
   with tf.io.TFRecordWriter(tmp_path) as writer:
     for entry, result in results:
       if isinstance(result, DecodedVideo) and sum(map(len, result.jpegs)) > MAX_VIDEO_BYTES:
@@ -392,13 +420,16 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   by_split: Dict[str, List[VideoEntry]] = {}
   for entry in entries:
     by_split.setdefault(entry.split, []).append(entry)
-  plans = {split: plan_split(group, num_shards or default_num_shards(group, settings))
+  # A shard per video at most: an empty shard would leave a host that reads only it idle.
+  plans = {split: plan_split(group, min(len(group), num_shards or
+                                        default_num_shards(group, settings)))
            for split, group in sorted(by_split.items())}
 
   os.makedirs(output_dir, exist_ok=True)
   if overwrite:
     remove_outputs(output_dir)
   check_output_dir(output_dir, settings, labels, plans)
+  remove_stale_temporaries(output_dir)
   os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
   _write_json(_state_path(output_dir, "settings.json"), dataclasses.asdict(settings))
   schema.atomic_write_bytes(os.path.join(output_dir, schema.LABEL_MAP_FILE),

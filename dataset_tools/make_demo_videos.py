@@ -196,11 +196,16 @@ def make_demo_videos(output_dir: str, spec: DemoSpec = DemoSpec()) -> dict:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "demo_out/videos", "Where to write the clips and CSVs.")
-flags.DEFINE_integer("seed", DemoSpec.seed, "Random seed: the same seed gives the same clips.")
-flags.DEFINE_integer("train_per_class", DemoSpec.train_per_class, "Training clips per class.")
-flags.DEFINE_integer("val_per_class", DemoSpec.val_per_class, "Validation clips per class.")
-flags.DEFINE_float("seconds", DemoSpec.seconds, "Clip length in seconds.")
+
+
+def _define_flags() -> None:
+  # Defined by the script only: importing this module (the tests do) must not claim flag names
+  # that other entry points use.
+  flags.DEFINE_string("output_dir", "demo_out/videos", "Where to write the clips and CSVs.")
+  flags.DEFINE_integer("seed", DemoSpec.seed, "Random seed: the same seed gives the same clips.")
+  flags.DEFINE_integer("train_per_class", DemoSpec.train_per_class, "Training clips per class.")
+  flags.DEFINE_integer("val_per_class", DemoSpec.val_per_class, "Validation clips per class.")
+  flags.DEFINE_float("seconds", DemoSpec.seconds, "Clip length in seconds.")
 
 
 def main(argv):
@@ -217,6 +222,9 @@ def main(argv):
         return 0
     raise app.UsageError(f"{FLAGS.output_dir} holds demo videos made with other settings "
                          f"({marker}); delete the folder or choose another --output_dir")
+  if os.path.isdir(FLAGS.output_dir) and os.listdir(FLAGS.output_dir):
+    raise app.UsageError(f"{FLAGS.output_dir} is not empty and holds no demo set "
+                         f"(no demo_spec.json); choose an empty or new --output_dir")
   counts = make_demo_videos(FLAGS.output_dir, spec)
   with open(marker + ".partial", "w") as f:
     f.write(wanted)
@@ -227,4 +235,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

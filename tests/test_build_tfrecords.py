@@ -83,10 +83,11 @@ def _read_split(out, split):
 
 
 def _tree_bytes(out):
+  """Every file under `out`, hidden ones included (a leftover temporary file is a difference)."""
   files = {}
-  for path in sorted(glob.glob(os.path.join(out, "**"), recursive=True)
-                     + glob.glob(os.path.join(out, ".build_state", "*"))):
-    if os.path.isfile(path):
+  for root, _, names in os.walk(out):
+    for name in names:
+      path = os.path.join(root, name)
       files[os.path.relpath(path, out)] = open(path, "rb").read()
   return files
 

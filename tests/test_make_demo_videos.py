@@ -54,4 +54,8 @@ def test_written_set_reads_like_kinetics(tmp_path):
   assert len(video.jpegs) == 20 and (video.height, video.width) == (48, 64)
   second = tmp_path / "again"
   demo.make_demo_videos(str(second), SPEC)
-  assert sorted(os.listdir(second / "train")) == sorted(os.listdir(tmp_path / "train"))
+  for split in ("train", "val"):
+    names = sorted(os.listdir(tmp_path / split))
+    assert sorted(os.listdir(second / split)) == names
+    for name in names:   # the same seed gives the same encoded bytes
+      assert (second / split / name).read_bytes() == (tmp_path / split / name).read_bytes()

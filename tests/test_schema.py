@@ -118,6 +118,10 @@ def test_label_map_format_and_errors(tmp_path):
     schema.read_label_map(str(path))
   with pytest.raises(ValueError, match="cannot be stored"):
     schema.format_label_map(["two\nlines"])
+  # Only "\n" ends a label: other Unicode line breaks are part of it.
+  odd = ["a\x0bb", "c\u2028d", "e"]
+  path.write_text(schema.format_label_map(odd), encoding="utf-8")
+  assert schema.read_label_map(str(path)) == odd
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
