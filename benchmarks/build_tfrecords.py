@@ -110,7 +110,7 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # TensorFlow is imported once before any timing, and not at the top: the builder's spawned
   # workers re-import this script and must not load it.
-  import tensorflow  # noqa: F401
+  __import__("tensorflow")
   num_workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
   ffmpeg = ffmpeg_binary()
   work = tempfile.mkdtemp(prefix="bench_build_")

@@ -1,7 +1,6 @@
 """Tests of cvrl_tf.input_pipeline on tiny TFRecords whose frames encode their own index."""
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest

@@ -196,7 +196,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(experiment
   # is the step before.
   assert bad >= 2 and len(_losses(result.stdout)) == bad - 1
   assert all(np.isfinite(_losses(result.stdout)))
-  assert f"last good checkpoint was saved: " in result.stderr and f"ckpt-{bad - 1}" in result.stderr
+  assert "last good checkpoint was saved: " in result.stderr and f"ckpt-{bad - 1}" in result.stderr
   assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith(f"ckpt-{bad - 1}")
 
 
