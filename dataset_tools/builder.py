@@ -12,9 +12,11 @@
 """
 
 import concurrent.futures
+import csv
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import math
 import multiprocessing
@@ -364,8 +366,6 @@ def dataset_info(settings: BuildSettings, label_map: Sequence[str],
 
 
 def failures_csv(summaries: Dict[str, List[ShardSummary]]) -> str:
-  import csv
-  import io
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(["split", "id_or_path", "reason", "detail"])

@@ -71,9 +71,14 @@ def output_size(width: int, height: int, short_side: int) -> tuple:
   return even(width * scale), short
 
 
-def grid_slot(seconds: Fraction, fps: Fraction) -> int:
-  """The grid slot a frame shown at `seconds` lands on: round half up of seconds * fps."""
-  return math.floor(seconds * fps + Fraction(1, 2))
+def grid_slot(ticks: int, slots_per_tick: Fraction) -> int:
+  """The grid slot a frame shown `ticks` time-base units after the first lands on.
+
+  Round half up of ticks × slots_per_tick (= time_base × fps), in integers: exact, and cheap
+  enough to run on every decoded frame.
+  """
+  p, q = slots_per_tick.numerator, slots_per_tick.denominator
+  return (2 * ticks * p + q) // (2 * q)
 
 
 def _normalised_rotation(degrees) -> int:
@@ -175,11 +180,9 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   stream = container.streams.video[0]
   stream.thread_type = "AUTO"
   # Timestamps stay integers in the stream's time base (ticks); one exact ratio maps ticks to
-  # grid slots: slot = floor(ticks * p / q + 1/2) with p / q = time_base * fps.
+  # grid slots.
   time_base = Fraction(stream.time_base or Fraction(1, 90_000))
   per_tick = time_base * Fraction(fps).limit_denominator(1_000_000)
-  p, q = per_tick.numerator, per_tick.denominator
-  slot_of = lambda ticks: (2 * ticks * p + q) // (2 * q)
   one_slot_ticks = max(1, round(1 / per_tick))
 
   encoder = _FrameEncoder(short_side, jpeg_quality)
@@ -204,7 +207,7 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
         source_w, source_h = frame.width, frame.height
       elif ticks > last:
         last_step, last = ticks - last, ticks
-      slot = slot_of(ticks - first)
+      slot = grid_slot(ticks - first, per_tick)
       if slot < pending_slot:
         continue  # timestamps went backwards: that slot is already decided
       if pending_frame is not None and slot > pending_slot:
@@ -224,7 +227,7 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   end = last + (last_step or one_slot_ticks)
   # The grid has round(duration * fps) slots; a last frame that lands on the slot past the end
   # is dropped, as every other frame that is not on screen at any grid time.
-  end_slot = max(1, slot_of(end - first))
+  end_slot = max(1, grid_slot(end - first, per_tick))
   if partial_error is not None:
     end_slot = pending_slot + 1  # after damage the frame's real duration is unknown
   if end_slot > pending_slot:

@@ -23,8 +23,8 @@ def _expected_indices(times, fps, end_time):
 
 
 def test_grid_slot_rounds_half_up():
-  fps = Fraction(25)
-  assert [grid_slot(Fraction(t, 100), fps) for t in (0, 1, 2, 3, 4, 6)] == [0, 0, 1, 1, 1, 2]
+  per_tick = Fraction(1, 100) * 25   # ticks of 1/100 s on a 25 fps grid
+  assert [grid_slot(t, per_tick) for t in (0, 1, 2, 3, 4, 6)] == [0, 0, 1, 1, 1, 2]
 
 
 def test_output_size_scales_short_side_to_even_sizes():
