@@ -34,7 +34,7 @@ WORKER = textwrap.dedent('''
     strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
                 if replicas > 1 else tf.distribute.get_strategy())
     trainer = pretrain.Trainer(config, tempfile.mkdtemp(), strategy, log=lambda _: None)
-    iterator = iter(trainer._dataset(0))
+    iterator = iter(trainer.dataset(0))
     trainer._loop(iterator, tf.constant(warmup)).numpy()
     start = time.perf_counter()
     trainer._loop(iterator, tf.constant(steps)).numpy()

@@ -1,7 +1,9 @@
 """The typed config tree of an experiment, how to load one, and the `key=value` override syntax.
 
 An experiment is a Python file in experiments/ (or anywhere: pass its path) with a function
-`get_config() -> ExperimentConfig`. Overrides address any leaf by its dotted path:
+`get_config()` returning one of three trees: `ExperimentConfig` (CVRL pretraining),
+`ClassificationExperimentConfig` (linear evaluation, fine-tuning, semi-supervised) or
+`KnnExperimentConfig` (kNN on frozen features). Overrides address any leaf by its dotted path:
 
     python -m cvrl_tf.train --experiment=cvrl_k600 \
         --config=train.global_batch_size=256 --config=data.reader.file_pattern='/data/k600/train-*'
@@ -126,17 +128,98 @@ class ExperimentConfig:
                                           self.optimizer.reference_batch_size)
 
 
-def validate(config: ExperimentConfig) -> ExperimentConfig:
-  """Checks the values no single field can check alone; returns `config`.
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+  """Labels, the evaluation schedule, semi-supervised subsets and kNN (cvrl_tf.evaluate, knn).
 
-  Raises:
-    ConfigError naming the key, the value and what is accepted.
+  Attributes:
+    num_classes: logits of the classifier; labels must lie in [0, num_classes).
+    label_map: label_map.txt of the dataset (names per-class accuracies, goes into exports);
+      "": the label_map.txt beside the evaluation shards, when there is one.
+    eval_every_steps: multi-view evaluation every this many steps during training (0: only at
+      the end; the final evaluation always runs).
+    confusion_matrix_max_classes: a confusion-matrix PNG is drawn for label sets up to this size.
+    label_fraction: < 1 trains on a class-balanced subset of the labelled training videos
+      (semi-supervised), chosen from `subset_seed` and written to <workdir>/label_subset.json.
+    allow_random_backbone: evaluate a randomly initialised backbone when train.init_checkpoint is
+      empty (a baseline). Off by default: a backbone that silently stayed random is the
+      reference release's classic failure.
+    knn_k, knn_temperature: neighbours and the temperature of their exp(similarity / τ) votes.
   """
+  num_classes: int = 0
+  label_map: str = ""
+  eval_every_steps: int = 0
+  confusion_matrix_max_classes: int = 64
+  label_fraction: float = 1.0
+  subset_seed: int = 0
+  allow_random_backbone: bool = False
+  knn_k: int = 200
+  knn_temperature: float = 0.07
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  """The classifier on the pooled feature (cvrl_tf.heads.LinearClassifier)."""
+  normalize: bool = True                 # L2-normalise the feature first (linear evaluation)
+  dropout_rate: float = 0.0              # before the Dense (fine-tuning)
+  label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationExperimentConfig:
+  """Linear evaluation (frozen backbone) or fine-tuning (everything trains) on labelled clips.
+
+  Steps per epoch = num_train_examples × evaluation.label_fraction // global_batch_size.
+  """
+  name: str = ""
+  task: Literal["linear_eval", "finetune"] = "linear_eval"
+  train_data: input_pipeline.ClassificationTrainDataConfig = dataclasses.field(
+      default_factory=input_pipeline.ClassificationTrainDataConfig)
+  eval_data: input_pipeline.EvalDataConfig = dataclasses.field(
+      default_factory=input_pipeline.EvalDataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+  @property
+  def steps_per_epoch(self) -> float:
+    return (self.train.num_train_examples * self.evaluation.label_fraction
+            / self.train.global_batch_size)
+
+  total_steps = ExperimentConfig.total_steps
+  stop_step = ExperimentConfig.stop_step
+  warmup_steps = ExperimentConfig.warmup_steps
+  learning_rate = ExperimentConfig.learning_rate
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnExperimentConfig:
+  """kNN classification on frozen pooled features: no training, one pass over two splits.
+
+  The memory bank is `bank_data` (the labelled training split), the queries `eval_data`; both
+  are read as `num_clips × num_crops` views whose pooled features are averaged per video.
+  """
+  name: str = ""
+  task: Literal["knn"] = "knn"
+  bank_data: input_pipeline.EvalDataConfig = dataclasses.field(
+      default_factory=input_pipeline.EvalDataConfig)
+  eval_data: input_pipeline.EvalDataConfig = dataclasses.field(
+      default_factory=input_pipeline.EvalDataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+
+ANY_EXPERIMENT = (ExperimentConfig, ClassificationExperimentConfig, KnnExperimentConfig)
+
+
+def _check_steps(config) -> None:
+  """The checks shared by every experiment that trains."""
   train, opt = config.train, config.optimizer
-  if train.global_batch_size < 2:
-    raise ConfigError(f"train.global_batch_size must be >= 2 (negatives come from the batch), "
-                      f"got {train.global_batch_size}")
-  if train.num_train_examples < train.global_batch_size:
+  examples = config.steps_per_epoch * train.global_batch_size
+  if examples < train.global_batch_size:
     raise ConfigError(
         f"train.num_train_examples={train.num_train_examples} gives no full batch of "
         f"{train.global_batch_size}: set it to the number of training videos "
@@ -145,20 +228,90 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     raise ConfigError(f"train.epochs must be > 0, got {train.epochs}")
   if train.max_steps is not None and train.max_steps < 1:
     raise ConfigError(f"train.max_steps must be >= 1 or none, got {train.max_steps}")
-  if not config.data.reader.file_pattern:
-    raise ConfigError("data.reader.file_pattern is empty: set it to the training shards, e.g. "
-                      "--config=data.reader.file_pattern=/data/k600/train-*.tfrecord")
   for name in ("steps_per_loop", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if getattr(train, name) < 1:
       raise ConfigError(f"train.{name} must be >= 1, got {getattr(train, name)}")
-  if train.temperature <= 0:
-    raise ConfigError(f"train.temperature must be > 0, got {train.temperature}")
   if not opt.base_learning_rate > 0 or opt.reference_batch_size < 1:
     raise ConfigError(f"optimizer.base_learning_rate must be > 0 and reference_batch_size >= 1, "
                       f"got {opt.base_learning_rate} and {opt.reference_batch_size}")
   if opt.warmup_epochs < 0 or not 0 <= opt.momentum < 1 or opt.weight_decay < 0:
     raise ConfigError(f"need optimizer.warmup_epochs >= 0, 0 <= momentum < 1, weight_decay >= 0; "
                       f"got {opt.warmup_epochs}, {opt.momentum}, {opt.weight_decay}")
+
+
+def _check_evaluation(config) -> None:
+  evaluation = config.evaluation
+  if evaluation.num_classes < 1:
+    raise ConfigError(f"evaluation.num_classes must be >= 1 (the dataset's number of labels, "
+                      f"dataset_info.json num_classes), got {evaluation.num_classes}")
+  if not config.eval_data.reader.file_pattern:
+    raise ConfigError("eval_data.reader.file_pattern is empty: set it to the evaluation shards, "
+                      "e.g. --config=eval_data.reader.file_pattern=/data/k400/val-*.tfrecord")
+  if evaluation.knn_k < 1 or evaluation.knn_temperature <= 0:
+    raise ConfigError(f"need evaluation.knn_k >= 1 and knn_temperature > 0, got "
+                      f"{evaluation.knn_k} and {evaluation.knn_temperature}")
+
+
+def require_backbone(config) -> None:
+  """Refuses to evaluate a backbone that nothing initialises (checked when a run starts, so
+  that --print_config works without a checkpoint)."""
+  if not config.train.init_checkpoint and not config.evaluation.allow_random_backbone:
+    raise ConfigError(
+        "train.init_checkpoint is empty: evaluating a randomly initialised backbone measures "
+        "nothing. Pass --init_checkpoint=PATH (a cvrl_tf pretraining workdir's checkpoints/, an "
+        "imported backbone, or a reference-release backbone checkpoint), or set "
+        "evaluation.allow_random_backbone=true for a random-initialisation baseline")
+
+
+def _validate_classification(config: ClassificationExperimentConfig):
+  if config.train.global_batch_size < 1:
+    raise ConfigError(f"train.global_batch_size must be >= 1, got {config.train.global_batch_size}")
+  if not config.train_data.reader.file_pattern:
+    raise ConfigError("train_data.reader.file_pattern is empty: set it to the labelled training "
+                      "shards, e.g. --config=train_data.reader.file_pattern=/data/k400/train-*")
+  fraction = config.evaluation.label_fraction
+  if not 0 < fraction <= 1:
+    raise ConfigError(f"evaluation.label_fraction must be in (0, 1], got {fraction}")
+  every, segment = config.evaluation.eval_every_steps, config.train.checkpoint_every_steps
+  if every < 0 or (every and segment > 0 and every % segment):
+    raise ConfigError(f"evaluation.eval_every_steps={every} must be 0 (evaluate at the end only) "
+                      f"or a multiple of train.checkpoint_every_steps={segment} (evaluation "
+                      "runs after a checkpoint)")
+  if not 0 <= config.classifier.dropout_rate < 1 or not 0 <= config.classifier.label_smoothing < 1:
+    raise ConfigError("classifier.dropout_rate and classifier.label_smoothing must be in [0, 1)")
+  _check_steps(config)
+  _check_evaluation(config)
+  return config
+
+
+def _validate_knn(config: KnnExperimentConfig):
+  if not config.bank_data.reader.file_pattern:
+    raise ConfigError("bank_data.reader.file_pattern is empty: set it to the labelled training "
+                      "shards that form the kNN memory bank")
+  _check_evaluation(config)
+  return config
+
+
+def validate(config):
+  """Checks the values no single field can check alone; returns `config`.
+
+  Raises:
+    ConfigError naming the key, the value and what is accepted.
+  """
+  if isinstance(config, ClassificationExperimentConfig):
+    return _validate_classification(config)
+  if isinstance(config, KnnExperimentConfig):
+    return _validate_knn(config)
+  train = config.train
+  if train.global_batch_size < 2:
+    raise ConfigError(f"train.global_batch_size must be >= 2 (negatives come from the batch), "
+                      f"got {train.global_batch_size}")
+  if not config.data.reader.file_pattern:
+    raise ConfigError("data.reader.file_pattern is empty: set it to the training shards, e.g. "
+                      "--config=data.reader.file_pattern=/data/k600/train-*.tfrecord")
+  if train.temperature <= 0:
+    raise ConfigError(f"train.temperature must be > 0, got {train.temperature}")
+  _check_steps(config)
   return config
 
 
@@ -272,7 +425,7 @@ def _importable(directory: str):
     sys.path.remove(directory)
 
 
-def load_experiment(name_or_path: str, overrides: Iterable[str] = ()) -> ExperimentConfig:
+def load_experiment(name_or_path: str, overrides: Iterable[str] = ()):
   """Loads experiments/NAME.py (or a file path), applies overrides, validates."""
   path = _experiment_path(name_or_path)
   spec = importlib.util.spec_from_file_location(
@@ -283,6 +436,9 @@ def load_experiment(name_or_path: str, overrides: Iterable[str] = ()) -> Experim
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config() function")
   config = module.get_config()
+  if not isinstance(config, ANY_EXPERIMENT):
+    raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not one of "
+                      f"{', '.join(kind.__name__ for kind in ANY_EXPERIMENT)}")
   if not config.name:
     config = dataclasses.replace(config, name=os.path.splitext(os.path.basename(path))[0])
   return validate(apply_overrides(config, overrides))
@@ -292,9 +448,11 @@ def to_dict(config) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def to_json(config: ExperimentConfig) -> str:
+def to_json(config) -> str:
   """The resolved config, plus the derived numbers a reader would otherwise compute."""
   data = to_dict(config)
+  if isinstance(config, KnnExperimentConfig):  # nothing trains: no schedule to derive
+    return json.dumps(data, indent=2) + "\n"
   data["derived"] = {"steps_per_epoch": config.steps_per_epoch, "total_steps": config.total_steps,
                      "warmup_steps": config.warmup_steps, "stop_step": config.stop_step,
                      "learning_rate": config.learning_rate}

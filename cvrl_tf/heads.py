@@ -88,29 +88,43 @@ class LinearClassifier(keras.layers.Layer):
   Args:
     num_classes: number of logits.
     kernel_initializer: of the Dense layer; None gives N(0, 0.01²), SimCLR's linear evaluation.
+    normalize: L2-normalise the feature first (linear evaluation); fine-tuning heads usually
+      do not.
+    dropout_rate: dropout on the feature in training mode, after the normalisation.
     **kwargs: keras.layers.Layer arguments (name, dtype).
 
   Call: [B, D] -> [B, num_classes] float32 logits.
   """
 
-  def __init__(self, num_classes: int, kernel_initializer=None, **kwargs):
+  def __init__(self, num_classes: int, kernel_initializer=None, normalize: bool = True,
+               dropout_rate: float = 0.0, **kwargs):
     kwargs.setdefault("name", "linear_classifier")
     super().__init__(**kwargs)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
       raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not 0 <= dropout_rate < 1:
+      raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
     self.num_classes = num_classes
+    self.normalize = bool(normalize)
+    self.dropout_rate = float(dropout_rate)
     if kernel_initializer is None:
       kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
     self.dense = keras.layers.Dense(num_classes, kernel_initializer=self.kernel_initializer,
                                     name="dense", dtype="float32")
 
   def build(self, input_shape):
     self.dense.build((None, input_shape[-1]))
 
-  def call(self, x):  # [B, D] -> [B, num_classes]
-    # Normalised in float32: the squared norm of a 2048-d bf16 feature rounds coarsely.
-    return self.dense(tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1, epsilon=1e-12))
+  def call(self, x, training=None):  # [B, D] -> [B, num_classes]
+    # In float32: the squared norm of a 2048-d bf16 feature rounds coarsely.
+    x = tf.cast(x, tf.float32)
+    if self.normalize:
+      x = tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
+    if self.dropout_rate:
+      x = self.dropout(x, training=training)
+    return self.dense(x)
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], self.num_classes)
@@ -118,5 +132,6 @@ class LinearClassifier(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(num_classes=self.num_classes,
-                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                  normalize=self.normalize, dropout_rate=self.dropout_rate)
     return config

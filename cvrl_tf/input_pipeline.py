@@ -30,7 +30,7 @@ reproducible run to run.
 
 import dataclasses
 import random
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -266,6 +266,62 @@ def _check_jpegs(jpegs: tf.Tensor, video_id: tf.Tensor) -> tf.Tensor:
     return tf.identity(jpegs)
 
 
+def check_label(label: tf.Tensor, video_id: tf.Tensor, num_classes: Optional[int]) -> tf.Tensor:
+  """int32 `label`, failing with a message naming the video when it is not in [0, num_classes).
+
+  A label index beyond the classifier's logits would silently give NaN losses on accelerators
+  (and an unlabelled record, NO_LABEL, a wrong target); no check when num_classes is None.
+  """
+  label = tf.cast(label, tf.int32)
+  if num_classes is None:
+    return label
+  check = tf.debugging.Assert(
+      tf.logical_and(label >= 0, label < num_classes),
+      [f"label out of range: 'clip/label/index' must be in [0, {num_classes}) "
+       "(evaluation.num_classes); got", label, "in video", video_id,
+       "(-1 means the record has no label)"])
+  with tf.control_dependencies([check]):
+    return tf.identity(label)
+
+
+def read_video_labels(file_pattern: str) -> list:
+  """[(video_id, label)] of every record of the shards, in file order, without decoding frames."""
+  spec = {schema.VIDEO_ID_KEY: tf.io.VarLenFeature(tf.string),
+          schema.FILENAME_KEY: tf.io.VarLenFeature(tf.string),
+          schema.LABEL_INDEX_KEY: tf.io.VarLenFeature(tf.int64)}
+
+  def parse(serialized):
+    context, _ = tf.io.parse_single_sequence_example(serialized, context_features=spec)
+    video_id = tf.sparse.to_dense(context[schema.VIDEO_ID_KEY], default_value="")
+    filename = tf.sparse.to_dense(context[schema.FILENAME_KEY], default_value="")
+    label = tf.sparse.to_dense(context[schema.LABEL_INDEX_KEY], default_value=schema.NO_LABEL)
+    video_id = tf.concat([video_id, filename, [""]], axis=0)[0]
+    return video_id, tf.concat([label, [schema.NO_LABEL]], axis=0)[0]
+
+  dataset = tf.data.TFRecordDataset(list_files(file_pattern), num_parallel_reads=AUTOTUNE)
+  dataset = dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True).batch(4096)
+  return [(video_id.decode(), int(label)) for ids, labels in dataset.as_numpy_iterator()
+          for video_id, label in zip(ids, labels)]
+
+
+def _keep_videos(dataset: tf.data.Dataset, video_ids: Sequence[str]) -> tf.data.Dataset:
+  """The records whose video id (or filename) is in `video_ids`; parsed from the context only."""
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(list(video_ids), tf.string),
+                                          tf.ones([len(video_ids)], tf.int32)), default_value=0)
+  spec = {schema.VIDEO_ID_KEY: tf.io.VarLenFeature(tf.string),
+          schema.FILENAME_KEY: tf.io.VarLenFeature(tf.string)}
+
+  def keep(serialized):
+    context, _ = tf.io.parse_single_sequence_example(serialized, context_features=spec)
+    names = tf.concat([tf.sparse.to_dense(context[schema.VIDEO_ID_KEY], default_value=""),
+                       tf.sparse.to_dense(context[schema.FILENAME_KEY], default_value=""),
+                       [""]], axis=0)
+    return table.lookup(names[0]) > 0
+
+  return dataset.filter(keep)
+
+
 def _frame_size(jpegs: tf.Tensor) -> tf.Tensor:
   # [2] (height, width) from the first JPEG header: all frames of a record share one size.
   return tf.image.extract_jpeg_shape(jpegs[0])[:2]
@@ -374,8 +430,12 @@ def augment_pretrain_batch(features: dict, seed: tf.Tensor,
 
 def make_classification_train_example(serialized: tf.Tensor, seed: tf.Tensor,
                                       config: ClassificationTrainDataConfig,
-                                      view_function=None) -> dict:
-  """One record -> {"video": [T, S, S, 3] float32 in [0, 1], "label": int32 scalar}."""
+                                      view_function=None,
+                                      num_classes: Optional[int] = None) -> dict:
+  """One record -> {"video": [T, S, S, 3] float32 in [0, 1], "label": int32 scalar}.
+
+  With `num_classes`, a label outside [0, num_classes) fails naming the video.
+  """
   if view_function is None:
     view_function = _view_function(None, "unit", config.use_xla)
   video = schema.parse_video(serialized)
@@ -387,7 +447,7 @@ def make_classification_train_example(serialized: tf.Tensor, seed: tf.Tensor,
   clip = _crop_view(jpegs, seeds[1], config.num_frames, config.crop_size, config.area_range,
                     config.aspect_ratio_range, config.flip_probability, True, view_function)
   clip = tf.ensure_shape(clip, [config.num_frames, config.crop_size, config.crop_size, 3])
-  return {"video": clip, "label": tf.cast(video["label"], tf.int32)}
+  return {"video": clip, "label": check_label(video["label"], video["video_id"], num_classes)}
 
 
 def resize_short_side(frames: tf.Tensor, short_side: int) -> tf.Tensor:
@@ -423,8 +483,12 @@ def three_crop_offsets(height: tf.Tensor, width: tf.Tensor, crop_size: int,
                   tf.stack([along, across], axis=1))
 
 
-def make_eval_example(serialized: tf.Tensor, config: EvalDataConfig) -> dict:
-  """One record -> {"video": [V, T, S, S, 3] float32 in [0, 1], "label": int32 scalar}.
+def make_eval_example(serialized: tf.Tensor, config: EvalDataConfig,
+                      num_classes: Optional[int] = None) -> dict:
+  """One record -> {"video": [V, T, S, S, 3] float32 in [0, 1], "label": int32 scalar,
+  "video_id": string scalar}.
+
+  With `num_classes`, a label outside [0, num_classes) fails naming the video.
 
   View v = clip * num_crops + crop: clip i of `linspace_clip_indices`, crop j of
   `three_crop_offsets`. Average predictions over the V axis to score the video.
@@ -449,7 +513,8 @@ def make_eval_example(serialized: tf.Tensor, config: EvalDataConfig) -> dict:
   views = tf.reshape(tf.transpose(crops, [0, 2, 1, 3, 4, 5]),
                      [config.num_views, config.num_frames, size, size, 3])
   return {"video": tf.cast(views, tf.float32) * (1.0 / 255.0),
-          "label": tf.cast(video["label"], tf.int32)}
+          "label": check_label(video["label"], video["video_id"], num_classes),
+          "video_id": video["video_id"]}
 
 
 def pretrain_dataset(config: PretrainDataConfig,
@@ -472,30 +537,41 @@ def pretrain_dataset(config: PretrainDataConfig,
 
 def classification_train_dataset(config: ClassificationTrainDataConfig,
                                  input_context: Optional[tf.distribute.InputContext] = None,
-                                 counter: Optional[CorruptRecordCounter] = None):
-  """Endless labelled training batches: {"video": [B, T, S, S, 3] float32, "label": [B] int32}."""
+                                 counter: Optional[CorruptRecordCounter] = None,
+                                 num_classes: Optional[int] = None,
+                                 video_ids: Optional[Sequence[str]] = None):
+  """Endless labelled training batches: {"video": [B, T, S, S, 3] float32, "label": [B] int32}.
+
+  Args:
+    num_classes: when given, labels outside [0, num_classes) fail naming the video.
+    video_ids: when given, only these videos (a semi-supervised subset, see read_video_labels).
+  """
   seed = _base_seed(config.reader, input_context)
   records = _read_records(config.reader, input_context, training=True, seed=seed)
+  if video_ids is not None:
+    records = _keep_videos(records, video_ids)
   view_function = _view_function(None, "unit", config.use_xla)
-  examples = _map_examples(records,
-                           lambda s, k: make_classification_train_example(s, k, config,
-                                                                          view_function),
-                           config.reader, seed, counter, training=True)
+  examples = _map_examples(
+      records,
+      lambda s, k: make_classification_train_example(s, k, config, view_function, num_classes),
+      config.reader, seed, counter, training=True)
   return _finish(examples, config.reader, training=True)
 
 
 def eval_dataset(config: EvalDataConfig,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 counter: Optional[CorruptRecordCounter] = None) -> tf.data.Dataset:
+                 counter: Optional[CorruptRecordCounter] = None,
+                 num_classes: Optional[int] = None) -> tf.data.Dataset:
   """One pass over this host's videos in file order, each as num_clips × num_crops views.
 
   Returns:
-    Dataset of {"video": [B, V, T, S, S, 3] float32 in [0, 1], "label": [B] int32} with
+    Dataset of {"video": [B, V, T, S, S, 3] float32 in [0, 1], "label": [B] int32,
+    "video_id": [B] string} with
     V = num_clips * num_crops laid out clip-major (see `make_eval_example`); the last batch may be
     smaller.
   """
   seed = _base_seed(config.reader, input_context)
   records = _read_records(config.reader, input_context, training=False, seed=seed)
-  examples = _map_examples(records, lambda s, _: make_eval_example(s, config), config.reader,
-                           seed, counter, training=False)
+  examples = _map_examples(records, lambda s, _: make_eval_example(s, config, num_classes),
+                           config.reader, seed, counter, training=False)
   return _finish(examples, config.reader, training=False)

@@ -87,6 +87,9 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required to train (it holds checkpoints and summaries)")
 
+  import tensorflow as tf
+  from cvrl_tf import classify
+  from cvrl_tf import knn
   from cvrl_tf import pretrain
   from cvrl_tf import resnet3d
   from cvrl_tf import runtime
@@ -101,19 +104,35 @@ def main(argv):
   runtime.set_precision(config.train.mixed_precision)
   runtime.set_determinism(config.train.seed, config.train.deterministic)
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  print(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
-        f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} replica(s) "
-        f"({type(strategy).__name__}); workdir {FLAGS.workdir}", flush=True)
+  log = lambda line: print(line, flush=True)
   try:
-    trainer = pretrain.Trainer(config, FLAGS.workdir, strategy,
-                               log=lambda line: print(line, flush=True))
+    if isinstance(config, cfg.KnnExperimentConfig):
+      print(f"experiment {config.name}: kNN (k={config.evaluation.knn_k}) on "
+            f"{config.eval_data.reader.file_pattern}; workdir {FLAGS.workdir}", flush=True)
+      knn.run(config, FLAGS.workdir, log)
+      schema.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
+      return 0
+    print(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
+          f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} "
+          f"replica(s) ({type(strategy).__name__}); workdir {FLAGS.workdir}", flush=True)
+    if isinstance(config, cfg.ClassificationExperimentConfig):
+      trainer = classify.Trainer(config, FLAGS.workdir, strategy, log=log)
+    else:
+      trainer = pretrain.Trainer(config, FLAGS.workdir, strategy, log=log)
     print(trainer.restore(), flush=True)
     if runtime.is_chief(strategy):  # after the restore: config.json describes the checkpoints
       schema.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
-    trainer.train()
-  except (cfg.ConfigError, resnet3d.CheckpointMismatchError, FileNotFoundError,
+    if isinstance(trainer, classify.Trainer):
+      trainer.prepare()
+      trainer.run()
+    else:
+      trainer.train()
+  except (cfg.ConfigError, resnet3d.CheckpointMismatchError, FileNotFoundError, ValueError,
           pretrain.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except tf.errors.InvalidArgumentError as e:  # bad records: the message names the video
+    print(f"error: {e.message.strip()[:2000]}", file=sys.stderr)
     return 1
   print(f"done: step {trainer.step}; checkpoints in {trainer.manager.directory}", flush=True)
   return 0

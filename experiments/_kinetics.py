@@ -13,3 +13,7 @@ K600_VAL_VIDEOS = 27_780
 # --config=data.reader.file_pattern=...
 K400_TRAIN_PATTERN = "/data/kinetics400_tfrecords/train-*-of-*.tfrecord"
 K600_TRAIN_PATTERN = "/data/kinetics600_tfrecords/train-*-of-*.tfrecord"
+K400_VAL_PATTERN = "/data/kinetics400_tfrecords/val-*-of-*.tfrecord"
+K600_VAL_PATTERN = "/data/kinetics600_tfrecords/val-*-of-*.tfrecord"
+K400_CLASSES = 400
+K600_CLASSES = 600

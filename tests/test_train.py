@@ -246,7 +246,7 @@ for name in ("one", "two"):
   strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "two"
               else tf.distribute.OneDeviceStrategy("/cpu:0"))
   trainer = pretrain.Trainer(config, tempfile.mkdtemp(), strategy, log=lambda _: None)
-  values = trainer._loop(iter(trainer._dataset(0)), tf.constant(1)).numpy()
+  values = trainer._loop(iter(trainer.dataset(0)), tf.constant(1)).numpy()
   results[name] = {"values": values.tolist(),
                    "weights": [v.numpy().tolist() for v in trainer.model.trainable_variables]}
 print(json.dumps(results))
