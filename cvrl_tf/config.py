@@ -457,3 +457,45 @@ def to_json(config) -> str:
                      "warmup_steps": config.warmup_steps, "stop_step": config.stop_step,
                      "learning_rate": config.learning_rate}
   return json.dumps(data, indent=2) + "\n"
+
+
+def _from_dict(kind, data: dict, where: str):
+  hints = typing.get_type_hints(kind)
+  names = {f.name for f in dataclasses.fields(kind)}
+  unknown = sorted(set(data) - names)
+  if unknown:
+    raise ConfigError(f"{where}: unknown keys {unknown}; valid: {sorted(names)}")
+  values = {}
+  for name, value in data.items():
+    hint = hints[name]
+    if dataclasses.is_dataclass(hint):
+      values[name] = _from_dict(hint, value, f"{where}.{name}" if where else name)
+    elif isinstance(value, list):
+      values[name] = tuple(value)
+    else:
+      values[name] = value
+  return kind(**values)
+
+
+def from_dict(data: dict):
+  """The config of a to_json / config.json dict (its "derived" entry is ignored).
+
+  The tree is chosen by "task": absent for pretraining, linear_eval / finetune, or knn.
+  """
+  data = {k: v for k, v in data.items() if k != "derived"}
+  task = data.get("task")
+  kind = {None: ExperimentConfig, "linear_eval": ClassificationExperimentConfig,
+          "finetune": ClassificationExperimentConfig, "knn": KnnExperimentConfig}.get(task)
+  if kind is None:
+    raise ConfigError(f"unknown task {task!r}; expected linear_eval, finetune, knn or none")
+  return validate(_from_dict(kind, data, ""))
+
+
+def read_workdir_config(workdir: str):
+  """The config a run wrote to <workdir>/config.json."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir!r} the --workdir of a "
+                            "cvrl_tf.train run?")
+  with open(path, encoding="utf-8") as f:
+    return from_dict(json.load(f))
