@@ -1,19 +1,75 @@
 """The config tree: experiments, overrides, validation, derived numbers."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from cvrl_tf import config as cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_named_experiment_loads():
   names = cfg.available_experiments()
   assert {"cvrl_k400", "cvrl_k600", "cvrl_k400_200ep", "cvrl_k600_200ep",
           "cvrl_k600_reference_sgd", "demo"} <= set(names)
+  assert {"cvrl_k400_linear_eval", "cvrl_k600_linear_eval", "ucf101_finetune", "hmdb51_finetune",
+          "cvrl_k400_semi_1pct", "cvrl_k400_semi_10pct", "demo_linear_eval", "cvrl_k400_knn",
+          "cvrl_k600_knn", "demo_knn"} <= set(names)
   for name in names:
     config = cfg.load_experiment(name)
-    assert config.name == name and config.total_steps > 0
+    assert config.name == name
+    assert isinstance(config, cfg.KnnExperimentConfig) or config.total_steps > 0
+    # config.json round trip: what a run writes rebuilds the same config.
+    assert cfg.from_dict(json.loads(cfg.to_json(config))) == config
+
+
+def test_linear_eval_prints_the_spec_values():
+  result = subprocess.run([sys.executable, "-m", "cvrl_tf.train",
+                           "--experiment=cvrl_k600_linear_eval", "--print_config"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr
+  printed = json.loads(result.stdout)
+  assert printed["task"] == "linear_eval"
+  assert printed["model"]["depth"] == 50 and printed["model"]["width_multiplier"] == 1.0
+  assert printed["classifier"] == {"normalize": True, "dropout_rate": 0.0, "label_smoothing": 0.0}
+  optimizer = printed["optimizer"]
+  assert (optimizer["name"], optimizer["momentum"], optimizer["weight_decay"]) == ("sgd", 0.9, 0.0)
+  assert (optimizer["base_learning_rate"], optimizer["reference_batch_size"]) == (32.0, 1024)
+  assert printed["train"]["epochs"] == 100 and printed["train"]["global_batch_size"] == 1024
+  train = printed["train_data"]
+  assert (train["num_frames"], train["stride"], train["crop_size"]) == (32, 2, 224)
+  assert train["area_range"] == [0.3, 1.0] and train["aspect_ratio_range"] == [0.5, 2.0]
+  assert train["flip_probability"] == 0.5
+  test = printed["eval_data"]
+  assert (test["num_frames"], test["stride"], test["num_clips"], test["num_crops"],
+          test["short_side"], test["crop_size"]) == (32, 2, 10, 3, 256, 256)
+  assert printed["evaluation"]["num_classes"] == 600
+  derived = printed["derived"]
+  assert derived["learning_rate"] == 32.0
+  assert derived["total_steps"] == round(100 * 366016 / 1024)
+  assert derived["warmup_steps"] > 0
+
+
+def test_evaluation_configs_are_checked():
+  with pytest.raises(cfg.ConfigError, match="label_fraction must be in"):
+    cfg.load_experiment("cvrl_k400_semi_1pct", ["evaluation.label_fraction=1.5"])
+  with pytest.raises(cfg.ConfigError, match="multiple of train.checkpoint_every_steps"):
+    cfg.load_experiment("demo_linear_eval", ["evaluation.eval_every_steps=30"])
+  with pytest.raises(cfg.ConfigError, match="evaluation.num_classes must be >= 1"):
+    cfg.load_experiment("demo_knn", ["evaluation.num_classes=0"])
+  with pytest.raises(cfg.ConfigError, match="init_checkpoint is empty"):
+    cfg.require_backbone(cfg.load_experiment("cvrl_k600_linear_eval"))
+  cfg.require_backbone(cfg.load_experiment("cvrl_k600_linear_eval",
+                                           ["evaluation.allow_random_backbone=true"]))
+  semi = cfg.load_experiment("cvrl_k400_semi_1pct")
+  assert semi.steps_per_epoch == pytest.approx(0.01 * 215570 / 64)
+  assert semi.learning_rate == pytest.approx(0.2)
 
 
 def test_kinetics_arithmetic():

@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -121,3 +122,20 @@ def test_get_config_round_trip():
 def test_bad_arguments_are_echoed(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+def test_fine_tuning_classifier_skips_normalisation_and_drops_out():
+  rng = np.random.default_rng(5)
+  features = rng.normal(size=(64, 12)).astype(np.float32)
+  classifier = heads.LinearClassifier(3, normalize=False, dropout_rate=0.5)
+  classifier.build((None, 12))
+  kernel, bias = (v.numpy() for v in classifier.dense.weights)
+  # Inference: a plain Dense on the raw feature.
+  np.testing.assert_allclose(classifier(features, training=False).numpy(),
+                             features @ kernel + bias, rtol=1e-5, atol=1e-6)
+  # Training: inverted dropout, so each input is 0 or doubled; about half are zeroed.
+  keras.utils.set_random_seed(0)
+  ones = classifier.dropout(np.ones((64, 12), np.float32), training=True).numpy()
+  assert set(np.unique(ones)) == {0.0, 2.0} and 0.4 < (ones == 0).mean() < 0.6
+  clone = heads.LinearClassifier.from_config(classifier.get_config())
+  assert (clone.normalize, clone.dropout_rate) == (False, 0.5)
