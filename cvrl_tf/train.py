@@ -4,9 +4,16 @@ r"""Trains a named experiment: `python -m cvrl_tf.train --experiment=NAME --work
       --config=data.reader.file_pattern='/data/k600/train-*' --config=train.global_batch_size=512
   python -m cvrl_tf.train --experiment=cvrl_k600 --print_config
   python -m cvrl_tf.train --experiment=demo --workdir=demo_out/pretrain
+  python -m cvrl_tf.train --experiment=cvrl_k600_linear_eval --workdir=/ckpt/k600_linear \
+      --init_checkpoint=/ckpt/k600/checkpoints
+  python -m cvrl_tf.train --experiment=cvrl_k600_knn --workdir=/ckpt/k600_knn \
+      --init_checkpoint=/ckpt/k600/checkpoints/ckpt-50000
 
-The workdir holds everything the run writes: config.json (the resolved config), checkpoints/,
-summaries/ (TensorBoard). Re-running the same command resumes from the latest checkpoint. The
+Pretraining, linear evaluation, fine-tuning (transfer and semi-supervised) and kNN experiments all
+run here; the experiment's config type says which (cvrl_tf.config). The workdir holds everything
+a run writes: config.json (the resolved config), checkpoints/, summaries/ (TensorBoard), and for
+evaluations metrics.json / knn_metrics.json (+ a confusion-matrix PNG for small label sets).
+Re-running the same command resumes from the latest checkpoint. The
 strategy is chosen from the environment (TPU when --config=train.tpu=NAME, MultiWorkerMirrored
 when TF_CONFIG names several workers, Mirrored on several GPUs, else one device) unless
 train.strategy says otherwise.

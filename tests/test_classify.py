@@ -105,7 +105,8 @@ def test_linear_eval_of_the_demo_pretraining_end_to_end(data, pretrained, tmp_pa
   workdir = str(tmp_path / "linear")
   result = _run("demo_linear_eval", workdir,
                 f"--init_checkpoint={os.path.join(pretrained, 'checkpoints')}",
-                "--config=train.checkpoint_every_steps=1", *_eval_args(data))
+                "--config=train.checkpoint_every_steps=1", "--config=evaluation.eval_every_steps=2",
+                *_eval_args(data))
   assert "restored" in result.stdout and "backbone variables" in result.stdout
   metrics = json.loads(open(os.path.join(workdir, "metrics.json")).read())
   assert metrics["num_videos"] == 16 and metrics["views_per_video"] == 2 * 3
@@ -113,7 +114,9 @@ def test_linear_eval_of_the_demo_pretraining_end_to_end(data, pretrained, tmp_pa
   assert matrix.sum() == 16 and (matrix.sum(axis=1) == 2).all()
   assert metrics["top1"] == pytest.approx(np.trace(matrix) / 16)
   assert set(metrics["per_class_accuracy"]) == {f"class {i}" for i in range(CLASSES)}
-  assert metrics["step"] == 3 and metrics["history"][-1]["step"] == 3
+  # A periodic evaluation at step 2, and the final one.
+  assert metrics["step"] == 3 and [h["step"] for h in metrics["history"]] == [2, 3]
+  assert "evaluation at step 2:" in result.stdout
   assert os.path.exists(os.path.join(workdir, "confusion_matrix.png"))
   # Frozen means frozen: after 3 steps at LR 1, every backbone variable, the BN moving
   # statistics included, equals the pretraining checkpoint's; the classifier did move.
