@@ -8,7 +8,8 @@ cross-entropy; SGD momentum 0.9. Modes:
 
   baseline   the same network written with plain keras.layers.Conv3D / MaxPooling3D (what a
              straightforward Keras 3 port runs): the comparison measured in the same run
-  fp32       cvrl_tf.resnet3d.ResNet3D (FoldedConv3D: 1×k×k convs as conv2d, 1×1×1 as matmul)
+  fp32       cvrl_tf.resnet3d.ResNet3D (FoldedConv3D: 1×k×k and k×1×1 convs as conv2d, 1×1×1 as
+             matmul, the stem as a conv2d on stacked frames)
   bf16       the same under the mixed_bfloat16 policy
   fp32_xla, bf16_xla, baseline_xla   the step compiled with jit_compile=True
 
@@ -17,6 +18,7 @@ The last two lines compare fp32 with the reference release's 3.4 clips/s on this
 with the baseline measured in this run.
 """
 
+import os
 import time
 
 from absl import app
@@ -129,8 +131,10 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown modes {unknown}; choose from {sorted(known)} and their _xla "
                          "variants")
+  # TF 2.21 leaves oneDNN off on this AMD CPU unless the variable is set; figures differ by 1.3×.
   print(f"R3D-50 train step, batch {_BATCH.value} × {FRAMES}×{SIZE}×{SIZE}×3, TF {tf.__version__}, "
-        f"Keras {keras.__version__}")
+        f"Keras {keras.__version__}, TF_ENABLE_ONEDNN_OPTS="
+        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', '(unset)')}")
   results = clips_per_second(modes)
   if "fp32" in results:
     print(f"ratio_fp32_vs_reference_anchor {results['fp32'] / REFERENCE_CLIPS_PER_S:.2f}  "

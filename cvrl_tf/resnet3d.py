@@ -76,6 +76,31 @@ def _triple(value, name: str) -> Tuple[int, int, int]:
   return value
 
 
+@tf.custom_gradient
+def _conv2d_same_unit_stride(x, kernel):
+  """`tf.nn.conv2d(x, kernel, 1, "SAME")` for an odd kernel, input gradient by a forward conv.
+
+  With stride 1 and an odd kernel the padding is symmetric, so the input gradient is the "SAME"
+  conv of dy with the kernel flipped in space and its channel axes swapped. TF's CPU
+  Conv2DBackpropInput (Eigen) is up to 1.8× slower than its forward Conv2D on these shapes
+  (res4 / res5 of R3D-50); the kernel gradient stays TF's.
+  """
+  def grad(dy):
+    dx = tf.nn.conv2d(dy, tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), 1, "SAME")
+    dkernel = tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=[1, 1, 1, 1],
+        padding="SAME")
+    return dx, dkernel
+  return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+
+
+def _conv2d(x, kernel, strides):
+  """"SAME" conv2d of [N, H, W, C] by [kh, kw, C, F] with (sh, sw) strides."""
+  if strides == (1, 1) and kernel.shape[0] % 2 == 1 and kernel.shape[1] % 2 == 1:
+    return _conv2d_same_unit_stride(x, kernel)
+  return tf.nn.conv2d(x, kernel, [1, *strides, 1], "SAME")
+
+
 class FoldedConv3D(keras.layers.Layer):
   """Bias-free Conv3D, "same" padding, computed by the fastest equivalent TF op on CPU.
 
@@ -86,8 +111,9 @@ class FoldedConv3D(keras.layers.Layer):
   FOLD_SPATIAL_MAX_CHANNELS input channels and 2× slower above (oneDNN's conv2d backward on wide,
   small images). The stem's kt×7×7 kernel on RGB (C_in <= FOLD_TIME_MAX_CHANNELS) runs as a
   conv2d on the kt taps stacked into channels, 1.5× faster. Strided 1×1×1 and everything else
-  stay conv3d. Each fold keeps TF's "same" padding per axis, so the result equals conv3d's
-  (tests/test_resnet3d.py).
+  stay conv3d. The stride-1 conv2d folds take their input gradient from a forward conv2d
+  (`_conv2d_same_unit_stride`); kernels are reshaped, never sliced. Each fold keeps TF's "same"
+  padding per axis, so the result and its gradients equal conv3d's (tests/test_resnet3d.py).
   """
 
   FOLD_SPATIAL_MAX_CHANNELS = 512
@@ -114,15 +140,18 @@ class FoldedConv3D(keras.layers.Layer):
     b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], x.shape[-1]
     if (kt, kh, kw, st, sh, sw) == (1, 1, 1, 1, 1, 1):
       # A 2-D [N, C] matmul: on the 5-D tensor TF would broadcast a BatchMatMul whose kernel
-      # gradient is one small matmul per position, summed (10× slower training on CPU).
-      y = tf.linalg.matmul(tf.reshape(x, [-1, c]), self.kernel[0, 0, 0])
+      # gradient is one small matmul per position, summed (10× slower training on CPU). The
+      # kernel is reshaped, never sliced: a slice's gradient is a StridedSliceGrad copy per step.
+      y = tf.linalg.matmul(tf.reshape(x, [-1, c]), tf.reshape(self.kernel, [c, self.filters]))
       return tf.reshape(y, [b, t, h, w, self.filters])
     if kt == 1 and st == 1 and c < self.FOLD_SPATIAL_MAX_CHANNELS:
-      y = tf.nn.conv2d(tf.reshape(x, [b * t, h, w, c]), self.kernel[0], [1, sh, sw, 1], "SAME")
+      kernel = tf.reshape(self.kernel, [kh, kw, c, self.filters])
+      y = _conv2d(tf.reshape(x, [b * t, h, w, c]), kernel, (sh, sw))
       y_shape = tf.shape(y)
       return tf.reshape(y, [b, t, y_shape[1], y_shape[2], self.filters])
     if kh == kw == 1 and sh == sw == 1:
-      y = tf.nn.conv2d(tf.reshape(x, [b, t, h * w, c]), self.kernel[:, 0], [1, st, 1, 1], "SAME")
+      kernel = tf.reshape(self.kernel, [kt, 1, c, self.filters])
+      y = _conv2d(tf.reshape(x, [b, t, h * w, c]), kernel, (st, 1))
       return tf.reshape(y, [b, tf.shape(y)[1], h, w, self.filters])
     if c <= self.FOLD_TIME_MAX_CHANNELS:
       return self._time_to_channels_conv(x)
@@ -138,8 +167,10 @@ class FoldedConv3D(keras.layers.Layer):
     t_out = (t + st - 1) // st
     pad = tf.maximum((t_out - 1) * st + kt - t, 0)
     x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [0, 0], [0, 0], [0, 0]])
-    taps = [x[:, k:k + (t_out - 1) * st + 1:st] for k in range(kt)]  # kt × [B, T', H, W, C]
-    stacked = tf.reshape(tf.concat(taps, axis=-1), [b * t_out, h, w, kt * c])
+    # One gather + transpose: kt strided slices of the 5-D clip cost 4× more on CPU.
+    taps = tf.reshape(tf.range(t_out)[:, None] * st + tf.range(kt), [-1])  # [T'·kt]
+    stacked = tf.reshape(tf.gather(x, taps, axis=1), [b, t_out, kt, h, w, c])
+    stacked = tf.reshape(tf.transpose(stacked, [0, 1, 3, 4, 2, 5]), [b * t_out, h, w, kt * c])
     # [kt, kh, kw, C, F] -> [kh, kw, kt·C, F], tap-major like the stacked channels.
     kernel = tf.reshape(tf.transpose(self.kernel, [1, 2, 0, 3, 4]), [kh, kw, kt * c, self.filters])
     y = tf.nn.conv2d(stacked, kernel, [1, sh, sw, 1], "SAME")

@@ -148,15 +148,23 @@ def test_reference_parity(narrow, expected):
     ((1, 1, 1), (1, 1, 1), 3), ((1, 1, 1), (1, 2, 2), 3), ((1, 3, 3), (1, 1, 1), 3),
     ((1, 3, 3), (1, 2, 2), 3), ((1, 3, 3), (1, 2, 2), 512), ((3, 1, 1), (1, 1, 1), 3),
     ((5, 7, 7), (2, 2, 2), 3), ((5, 7, 7), (1, 2, 2), 3), ((4, 3, 3), (3, 1, 1), 3),
-    ((3, 3, 3), (1, 2, 2), 8)])
+    ((3, 3, 3), (1, 2, 2), 8), ((2, 1, 1), (1, 1, 1), 3), ((1, 1, 2), (1, 1, 1), 3)])
 def test_folded_conv_equals_conv3d(kernel, strides, channels):
-  # Every way FoldedConv3D computes (matmul, either fold, conv3d) against conv3d itself.
+  # Every way FoldedConv3D computes (matmul, either fold, conv3d, the hand-written input
+  # gradient of stride-1 odd kernels and its even-kernel fallback) against conv3d itself,
+  # forward and backward.
   conv = resnet3d.FoldedConv3D(6, kernel, strides)
   x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[1, 2])
-  y = conv(x)
-  expected = tf.nn.conv3d(x, conv.kernel, [1, *strides, 1], "SAME")
-  np.testing.assert_allclose(y, expected, atol=1e-4 if channels > 3 else 1e-5)
-  assert tuple(y.shape) == conv.compute_output_shape(x.shape)
+  results = []
+  for fn in (conv, lambda x: tf.nn.conv3d(x, conv.kernel, [1, *strides, 1], "SAME")):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = fn(x)
+      loss = tf.reduce_sum(y * tf.random.stateless_normal(tf.shape(y), seed=[3, 4]))
+    results.append((y, *tape.gradient(loss, [x, conv.kernel])))
+  for actual, expected in zip(*results):  # y, dloss/dx, dloss/dkernel
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 if channels > 3 else 1e-5)
+  assert tuple(results[0][0].shape) == conv.compute_output_shape(x.shape)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
