@@ -136,7 +136,7 @@ def main(argv):
   del argv
   from cvrl_tf import schema
 
-  wall = round(time.time() - FLAGS.started_at, 1) if FLAGS.started_at else None
+  wall = (round(time.time() - FLAGS.started_at, 1) if FLAGS.started_at is not None else None)
   curves = read_scalars(os.path.join(FLAGS.demo_out, "pretrain", "summaries", "train"))
   summary = summarize(read_metrics(FLAGS.demo_out), wall, curves)
   if FLAGS.export_check and os.path.exists(FLAGS.export_check):
@@ -148,7 +148,7 @@ def main(argv):
   print(f"\n{table(summary)}\n")
   print(f"{summary['eval_videos']} held-out videos x {summary['views_per_video']} views; "
         f"wrote {FLAGS.demo_out}/summary.json and {FLAGS.demo_out}/summary.png"
-        + (f"; demo wall time {wall / 60:.1f} min" if wall else ""))
+        + (f"; demo wall time {wall / 60:.1f} min" if wall is not None else ""))
   if summary["linear_margin"] < FLAGS.min_margin:
     print(f"error: pretraining beat random initialisation by {summary['linear_margin']:.1%}, "
           f"less than the {FLAGS.min_margin:.0%} the demo promises", file=sys.stderr)
