@@ -105,21 +105,26 @@ def make_train_step(mode: str):
 def clips_per_second(modes) -> dict:
   """{mode: clips/s}, the median over rounds that time each mode once, in turn.
 
-  Interleaving keeps the comparison fair when other work on the machine comes and goes.
+  Interleaving keeps the comparison fair when other work on the machine comes and goes. The
+  process's CPU seconds per step are printed too: on a shared machine they vary far less than
+  wall time.
   """
   steps = {mode: make_train_step(mode) for mode in modes}
   times = {mode: [] for mode in modes}
+  cpu_times = {mode: [] for mode in modes}
   for _ in range(_STEPS.value):
     for mode, step in steps.items():
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       step()
       times[mode].append(time.perf_counter() - start)
+      cpu_times[mode].append(time.process_time() - cpu_start)
   results = {}
   for mode in modes:
     median = float(np.median(times[mode]))
     results[mode] = _BATCH.value / median
     print(f"{mode:13s} {median:6.3f} s/step (median of {len(times[mode])}, min "
-          f"{min(times[mode]):.3f})  {results[mode]:6.2f} clips/s", flush=True)
+          f"{min(times[mode]):.3f})  {results[mode]:6.2f} clips/s  CPU "
+          f"{np.median(cpu_times[mode]):6.3f} s/step", flush=True)
   return results
 
 
