@@ -82,8 +82,8 @@ def _conv2d_same_unit_stride(x, kernel):
 
   With stride 1 and an odd kernel the padding is symmetric, so the input gradient is the "SAME"
   conv of dy with the kernel flipped in space and its channel axes swapped. TF's CPU
-  Conv2DBackpropInput (Eigen) is up to 1.8× slower than its forward Conv2D on these shapes
-  (res4 / res5 of R3D-50); the kernel gradient stays TF's.
+  Conv2DBackpropInput (Eigen) takes 1.25–2× as long for the same gradient on the res4 / res5
+  shapes of R3D-50 (about the same on res2 / res3); the kernel gradient stays TF's.
   """
   def grad(dy):
     dx = tf.nn.conv2d(dy, tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), 1, "SAME")
