@@ -29,8 +29,10 @@ def check(export_dir: str, tfrecords: str, num_videos: int) -> dict:
 
   model = tf.saved_model.load(export_dir)
   label_map = os.path.join(export_dir, "assets", "label_map.txt")
-  names = (open(label_map, encoding="utf-8").read().split("\n") if os.path.exists(label_map)
-           else None)
+  names = None
+  if os.path.exists(label_map):  # one label per line; labels may hold spaces, so split on \n
+    with open(label_map, encoding="utf-8") as f:
+      names = f.read().rstrip("\n").split("\n")
   files = sorted(tf.io.gfile.glob(tfrecords))
   if not files:
     raise FileNotFoundError(f"no TFRecord files match {tfrecords!r}")
