@@ -43,7 +43,8 @@ def check(export_dir: str, tfrecords: str, num_videos: int) -> dict:
   predicted = probabilities.argmax(axis=1)
   videos = [{"video_id": vid.decode(), "label": int(label), "predicted": int(guess),
              "probability": float(p[guess]),
-             "predicted_name": names[guess] if names else str(guess)}
+             "predicted_name": names[guess] if names else str(guess),
+             "label_name": names[label] if names and label >= 0 else str(label)}
             for vid, label, guess, p in zip(out["video_id"].numpy(), labels, predicted,
                                             probabilities)]
   clip = tf.random.uniform([1, 8, 32, 32, 3], seed=0)
@@ -58,7 +59,7 @@ def main(argv):
   for video in result["videos"]:
     mark = "ok" if video["predicted"] == video["label"] else "--"
     print(f"  {mark} {video['video_id']}: predicted {video['predicted_name']!r} "
-          f"(p={video['probability']:.2f}), label index {video['label']}")
+          f"(p={video['probability']:.2f}), labelled {video['label_name']!r}")
   print(f"the export classified {result['accuracy']:.0%} of {len(result['videos'])} held-out "
         f"videos right; serving_default gives {result['features_dim']}-d features")
   if FLAGS.output:
