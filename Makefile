@@ -19,14 +19,47 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
+# The whole library on the embedded default, each step resumable: videos -> TFRecords ->
+# CVRL pretraining -> linear eval and kNN of the pretrained and of a random backbone -> export ->
+# summary (demo_out/summary.json, summary.png).
+DEMO_TRAIN := $(DEMO_OUT)/tfrecords/train-*-of-*.tfrecord
+DEMO_VAL := $(DEMO_OUT)/tfrecords/val-*-of-*.tfrecord
+DEMO_DATA := --config=train_data.reader.file_pattern='$(DEMO_TRAIN)' \
+	    --config=eval_data.reader.file_pattern='$(DEMO_VAL)'
+DEMO_KNN_DATA := --config=bank_data.reader.file_pattern='$(DEMO_TRAIN)' \
+	    --config=eval_data.reader.file_pattern='$(DEMO_VAL)'
+RANDOM := --config=evaluation.allow_random_backbone=true
+
 demo: $(STAMP)
+	mkdir -p $(DEMO_OUT) && date +%s > $(DEMO_OUT)/.started_at
+	@echo "== 1/7 generating the demo videos"
 	$(PY) dataset_tools/make_demo_videos.py --output_dir=$(DEMO_OUT)/videos
+	@echo "== 2/7 building TFRecords"
 	$(PY) dataset_tools/build_tfrecords.py \
 	    --csv=$(DEMO_OUT)/videos/train.csv,$(DEMO_OUT)/videos/validate.csv \
 	    --video_dir=$(DEMO_OUT)/videos --output_dir=$(DEMO_OUT)/tfrecords \
 	    --fps=25 --short_side=64 --num_shards=4
+	@echo "== 3/7 CVRL pretraining"
 	$(PY) -m cvrl_tf.train --experiment=demo --workdir=$(DEMO_OUT)/pretrain \
-	    --config=data.reader.file_pattern='$(DEMO_OUT)/tfrecords/train-*-of-*.tfrecord'
+	    --config=data.reader.file_pattern='$(DEMO_TRAIN)'
+	@echo "== 4/7 linear evaluation: pretrained backbone, then a random one"
+	$(PY) -m cvrl_tf.train --experiment=demo_linear_eval --workdir=$(DEMO_OUT)/linear_eval \
+	    --init_checkpoint=$(DEMO_OUT)/pretrain/checkpoints $(DEMO_DATA)
+	$(PY) -m cvrl_tf.train --experiment=demo_linear_eval \
+	    --workdir=$(DEMO_OUT)/linear_eval_random $(RANDOM) $(DEMO_DATA)
+	@echo "== 5/7 kNN evaluation: pretrained backbone, then a random one"
+	$(PY) -m cvrl_tf.train --experiment=demo_knn --workdir=$(DEMO_OUT)/knn \
+	    --init_checkpoint=$(DEMO_OUT)/pretrain/checkpoints $(DEMO_KNN_DATA)
+	$(PY) -m cvrl_tf.train --experiment=demo_knn --workdir=$(DEMO_OUT)/knn_random \
+	    $(RANDOM) $(DEMO_KNN_DATA)
+	@echo "== 6/7 exporting the linear classifier as a SavedModel, and calling it"
+	$(PY) -m cvrl_tf.export --workdir=$(DEMO_OUT)/linear_eval --export_dir=$(DEMO_OUT)/export \
+	    --overwrite
+	$(PY) -m cvrl_tf.demo_export_check --export_dir=$(DEMO_OUT)/export \
+	    --tfrecords='$(DEMO_VAL)' --output=$(DEMO_OUT)/export_check.json
+	@echo "== 7/7 summary"
+	$(PY) -m cvrl_tf.demo_report --demo_out=$(DEMO_OUT) \
+	    --started_at=$$(cat $(DEMO_OUT)/.started_at) --export_check=$(DEMO_OUT)/export_check.json
 
 clean:
 	rm -rf $(DEMO_OUT) build *.egg-info
