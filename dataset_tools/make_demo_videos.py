@@ -6,11 +6,12 @@ writes `train/` and `val/` folders of `{youtube_id}_{start:06d}_{end:06d}.mp4` c
 `train.csv` and `validate.csv` (`label,youtube_id,time_start,time_end,split`), so the demo runs
 the same builder command as Kinetics does.
 
-Every clip shows the same kinds of things — textured sprites (discs, squares, triangles with
-stripes or checks, random colours and sizes) over a textured background — and its class is only
-how the sprites move: left / right / up / down, clockwise / counter-clockwise rotation, growing /
-shrinking. Classes come in time-reversed pairs, so no single frame tells them apart: a model needs
-spatiotemporal features, which is what CVRL's pretraining is meant to learn.
+Every clip shows the same kinds of things — a textured sprite (disc, square or triangle with
+stripes or checks, random colours and size) over the set's one textured background, all colours
+drifting in hue over the clip — and its class is only how the sprite moves: left / right / up /
+down, clockwise / counter-clockwise rotation, growing / shrinking. Classes come in time-reversed
+pairs, so no single frame tells them apart: a model needs spatiotemporal features, which is what
+CVRL's pretraining is meant to learn.
 """
 
 import csv
@@ -44,6 +45,13 @@ class DemoSpec:
   val_per_class: int = 8
   seed: int = 0
   noise: float = 0.015   # std of the per-pixel sensor noise, in [0, 1] units
+  # Largest hue drift over a clip, in turns (its size is U(0.5, 1) of this, its sign random): colours wander like lighting does, so the two clips
+  # of a video (CVRL's positives) match by how things move more than by their colours.
+  hue_drift: float = 1.5
+  # One sprite per clip over one background for the whole set (recoloured by the drift): with
+  # less to tell clips apart by, the contrastive task rewards features of the motion.
+  sprites: int = 1
+  background_seed: int = 1234
 
 
 def youtube_id(rng: np.random.Generator) -> str:
@@ -74,8 +82,9 @@ class Sprite:
 def _random_sprite(rng, spec: DemoSpec) -> Sprite:
   return Sprite(shape=int(rng.integers(3)), pattern=int(rng.integers(2)),
                 colors=rng.uniform(0, 1, size=(2, 3)).astype(np.float32),
-                radius=float(rng.uniform(0.12, 0.2) * spec.height),
-                frequency=float(rng.uniform(1.5, 3.0)), angle0=float(rng.uniform(0, 2 * np.pi)))
+                # Big, coarsely patterned sprites: their motion must survive a 32² crop.
+                radius=float(rng.uniform(0.2, 0.3) * spec.height),
+                frequency=float(rng.uniform(1.0, 2.0)), angle0=float(rng.uniform(0, 2 * np.pi)))
 
 
 def _draw(frame, sprite: Sprite, cx, cy, angle, scale, grid) -> None:
@@ -107,17 +116,28 @@ def _draw(frame, sprite: Sprite, cx, cy, angle, scale, grid) -> None:
   frame[mask] = color[mask]
 
 
+def _hue_rotation(turns: float) -> np.ndarray:
+  """[3, 3] RGB matrix rotating colours by `turns` about the grey axis (a hue shift)."""
+  cos, sin = np.cos(2 * np.pi * turns), np.sin(2 * np.pi * turns)
+  grey = np.full((3, 3), 1 / 3)
+  cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3)
+  return (cos * (np.eye(3) - grey) + sin * cross + grey).astype(np.float32)
+
+
 def render_clip(label: int, rng: np.random.Generator, spec: DemoSpec) -> np.ndarray:
   """One clip of class `label`. Returns [T, H, W, 3] uint8."""
   num_frames = int(round(spec.seconds * spec.fps))
   grid = np.mgrid[0:spec.height, 0:spec.width].astype(np.float32)
-  background = _background(rng, spec.height, spec.width)
-  sprites = [_random_sprite(rng, spec) for _ in range(int(rng.integers(1, 3)))]
+  background = _background(np.random.default_rng(spec.background_seed), spec.height, spec.width)
+  sprites = [_random_sprite(rng, spec) for _ in range(spec.sprites)]
   # Start points chosen so that each sprite stays mostly inside the frame for the whole clip.
   travel = rng.uniform(0.35, 0.5) * spec.width
   spin = rng.uniform(0.8, 1.4) * np.pi / spec.seconds        # radians per clip second
   starts = [(rng.uniform(0.25, 0.75) * spec.width, rng.uniform(0.3, 0.7) * spec.height)
             for _ in sprites]
+  # The drift runs backwards in the second class of each pair, keeping the pairs time reversals;
+  # its sign is random, so its distribution is the same for every class.
+  drift = rng.choice((-1, 1)) * rng.uniform(0.5, 1.0) * spec.hue_drift * (-1 if label % 2 else 1)
   frames = np.empty((num_frames, spec.height, spec.width, 3), np.float32)
   for t in range(num_frames):
     progress = t / max(1, num_frames - 1)     # 0 -> 1 over the clip
@@ -142,7 +162,7 @@ def render_clip(label: int, rng: np.random.Generator, spec: DemoSpec) -> np.ndar
       else:
         scale = 1.4 - 0.8 * progress
       _draw(frame, sprite, cx, cy, angle, scale, grid)
-    frames[t] = frame
+    frames[t] = frame @ _hue_rotation(drift * (progress - 0.5)).T
   frames += rng.normal(0, spec.noise, size=frames.shape).astype(np.float32)  # sensor noise
   return np.clip(frames * 255 + 0.5, 0, 255).astype(np.uint8)
 
