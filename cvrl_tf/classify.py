@@ -168,10 +168,7 @@ class Trainer(loop.TrainLoop):
 
   def dataset(self, segment_start: int):
     data = self.config.train_data
-    reader = dataclasses.replace(
-        data.reader, per_replica_batch_size=self.per_replica_batch,
-        seed=loop.mix_seed(self.config.train.seed, segment_start),
-        deterministic=self.config.train.deterministic or data.reader.deterministic)
+    reader = self.segment_reader(data.reader, segment_start)
     data = dataclasses.replace(data, reader=reader)
     return self.strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.classification_train_dataset(

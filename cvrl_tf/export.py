@@ -414,13 +414,7 @@ def write_saved_model(extractor: FeatureExtractor, export_dir: str, overwrite: b
   try:
     tf.saved_model.save(extractor, temporary, signatures=extractor.signatures())
     _check_target(export_dir, overwrite)  # again: another process may have written meanwhile
-    if os.path.exists(export_dir):
-      old = os.path.join(parent, f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-      os.rename(export_dir, old)
-      os.rename(temporary, export_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(temporary, export_dir)
+    schema.replace_directory(temporary, export_dir)
   except BaseException:
     shutil.rmtree(temporary, ignore_errors=True)
     raise

@@ -12,6 +12,7 @@ buffers in the checkpoint (gigabytes of videos at Kinetics scale). The price is 
 start per segment.
 """
 
+import dataclasses
 import os
 import time
 from typing import Callable, Sequence
@@ -118,6 +119,14 @@ class TrainLoop:
             "start from its backbone)") from None
       return f"resumed from {latest} at step {self.step}"
     return self.restore_initial()
+
+  def segment_reader(self, reader, segment_start: int):
+    """`reader` (an input_pipeline.ReaderConfig) for the data segment starting at `segment_start`:
+    per-replica batch, the segment's seed, and determinism when the run asks for it."""
+    return dataclasses.replace(
+        reader, per_replica_batch_size=self.per_replica_batch,
+        seed=mix_seed(self.config.train.seed, segment_start),
+        deterministic=self.config.train.deterministic or reader.deterministic)
 
   def global_gradient_norm(self, gradients) -> tf.Tensor:
     """This replica's share (1/R) of the norm of the summed gradients; call in replica context.

@@ -152,10 +152,7 @@ class Trainer(loop.TrainLoop):
 
   def dataset(self, segment_start: int):
     data = self.config.data
-    reader = dataclasses.replace(
-        data.reader, per_replica_batch_size=self.per_replica_batch,
-        seed=loop.mix_seed(self.config.train.seed, segment_start),
-        deterministic=self.config.train.deterministic or data.reader.deterministic)
+    reader = self.segment_reader(data.reader, segment_start)
     data = dataclasses.replace(data, reader=reader)
     if self.config.train.input_sharding == "files":
       return self.strategy.distribute_datasets_from_function(

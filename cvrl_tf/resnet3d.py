@@ -40,6 +40,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from cvrl_tf import schema
+
 # Residual blocks per stage (res2, res3, res4, res5).
 BLOCKS = {
     18: (2, 2, 2, 2),
@@ -835,13 +837,7 @@ def save_backbone_checkpoint(backbone: ResNet3D, output_dir: str, *, overwrite: 
     with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
       json.dump({"format": CHECKPOINT_FORMAT, "class": "ResNet3D",
                  "config": backbone.get_config(), "source": source}, f, indent=1)
-    if os.path.exists(output_dir):
-      old = os.path.join(parent, f".{os.path.basename(output_dir)}.old-{uuid.uuid4().hex[:8]}")
-      os.rename(output_dir, old)
-      os.rename(tmp, output_dir)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, output_dir)
+    schema.replace_directory(tmp, output_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -20,7 +20,9 @@ reference release (TF Model Garden `video_ssl`) and DMVR-based readers expect:
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -185,6 +187,22 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def replace_directory(temporary: str, target: str) -> None:
+  """Moves the finished directory `temporary` to `target`, replacing what is there.
+
+  Both must be on one file system (make `temporary` a sibling). An old `target` is renamed aside
+  first and deleted last, so `target` is always either the old or the new complete directory.
+  """
+  if os.path.exists(target):
+    parent, name = os.path.split(os.path.abspath(target))
+    old = os.path.join(parent, f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    os.rename(temporary, target)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(temporary, target)
 
 
 def build_label_map(labels) -> list:
