@@ -49,5 +49,6 @@ def get_config() -> cfg.ClassificationExperimentConfig:
       train=cfg.TrainConfig(
           # 75 epochs = 600 steps (~1 min): the probe converges slowly for the same reason.
           global_batch_size=batch_size, epochs=75, num_train_examples=demo.DEMO_TRAIN_VIDEOS,
-          steps_per_loop=8, log_every_steps=16, checkpoint_every_steps=80, keep_checkpoints=2),
+          steps_per_loop=8, log_every_steps=16, checkpoint_every_steps=80, keep_checkpoints=2,
+          seed=0, deterministic=True),           # as the pretraining: a reproducible comparison
       evaluation=cfg.EvaluationConfig(num_classes=8, eval_every_steps=0))
