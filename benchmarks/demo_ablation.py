@@ -10,9 +10,9 @@ each run with `demo_linear_eval` (same seed, same protocol), all through the tra
             crop (the whole frame, squashed to the crop size: an area range of (1, 1) with a square
             aspect cannot fit the frame, so the sampler falls back to the whole frame); no flip,
             colour, grey, blur or solarize.
-  SA        spatial only: both clips from the same start (Δ = 0) and the full spatial recipe,
-            drawn per frame (no temporal consistency). There is no "Δ = 0" key: a Δ exponent of
-            1e9 gives p(Δ) ∝ (1 − Δ/M)^1e9, whose floor is 0 for every float64 draw.
+  SA        spatial only: both clips from the same start (Δ = 0,
+            data.temporal_augmentation=false) and the full spatial recipe, drawn per frame (no
+            temporal consistency).
   TA+SA     Δ sampling + the full spatial recipe, drawn per frame.
   TA+SA+TC  the demo recipe as is: Δ sampling + spatial recipe drawn once per clip.
 
@@ -39,7 +39,7 @@ NO_SPATIAL = [
     "data.augmentation.solarize_probability_view_2=0.0",
 ]
 PER_FRAME = ["data.augmentation.temporally_consistent=false"]
-NO_DELTA = ["data.delta_exponent=1e9"]
+NO_DELTA = ["data.temporal_augmentation=false"]
 
 VARIANTS = {
     "TA": NO_SPATIAL,

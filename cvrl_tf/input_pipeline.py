@@ -80,6 +80,8 @@ class PretrainDataConfig:
     crop_size: output side of the random resized crop.
     delta_exponent: exponent of the decreasing density of the gap between the clip starts
       (1 = linear, 0 = uniform).
+    temporal_augmentation: False takes both clips from the same start (Δ = 0): the paper's
+      ablation without temporal augmentation. The spatial augmentation still differs per view.
     augmentation: the spatial and colour recipe.
     augment_in_step: yield uint8 views that are only cropped and flipped; the training step then
       calls `augment_pretrain_batch` (for hosts whose CPUs cannot keep up with the accelerator).
@@ -91,6 +93,7 @@ class PretrainDataConfig:
   stride: int = 2
   crop_size: int = 224
   delta_exponent: float = 1.0
+  temporal_augmentation: bool = True
   augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
   augment_in_step: bool = False
   use_xla: bool = True
@@ -387,7 +390,8 @@ def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: Pretra
   aug = config.augmentation
   seeds = video_ops.split_seed(seed, 3)
   indices_1, indices_2 = video_ops.sample_clip_pair_indices(
-      tf.shape(frames)[0], seeds[0], config.num_frames, config.stride, config.delta_exponent)
+      tf.shape(frames)[0], seeds[0], config.num_frames, config.stride, config.delta_exponent,
+      config.temporal_augmentation)
   views = {}
   for view, indices, view_seed in ((1, indices_1, seeds[1]), (2, indices_2, seeds[2])):
     jpegs = _check_jpegs(tf.gather(frames, indices), video["video_id"])

@@ -166,7 +166,8 @@ def _clip_indices(starts: tf.Tensor, num_stored: tf.Tensor, num_frames: int, str
 
 
 def sample_clip_pair_indices(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_frames: int = 16,
-                             stride: int = 2, delta_exponent: float = 1.0):
+                             stride: int = 2, delta_exponent: float = 1.0,
+                             temporal_augmentation: bool = True):
   """Frame indices of CVRL's two clips of one video. One draw per video.
 
   The first start is uniform among the starts that leave room for the gap, the second is Δ later,
@@ -178,6 +179,8 @@ def sample_clip_pair_indices(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_
     seed: [2] int seed.
     num_frames, stride: the clip is frames start, start + stride, ... (num_frames of them).
     delta_exponent: exponent of the Δ density (1 linear, 0 uniform).
+    temporal_augmentation: False makes both clips start at the same frame (Δ = 0, also for
+      looped short videos): the paper's ablation without temporal augmentation.
 
   Returns:
     (indices_1, indices_2), each [num_frames] int32 in [0, L).
@@ -187,9 +190,11 @@ def sample_clip_pair_indices(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_
   seeds = split_seed(seed, 4)
   long_enough = num_starts >= 1
   safe_starts = tf.maximum(num_starts, 1)
-  delta = sample_delta(seeds[0], safe_starts, delta_exponent)
+  delta = sample_delta(seeds[0], safe_starts, delta_exponent) if temporal_augmentation else 0
   first = _uniform_int(seeds[1], [], safe_starts - delta)
   looped = _uniform_int(seeds[2], [2], num_stored)
+  if not temporal_augmentation:
+    looped = tf.stack([looped[0], looped[0]])
   starts = tf.where(long_enough, tf.stack([first, first + delta]), looped)
   swap = _bernoulli(seeds[3], [], 0.5)
   starts = tf.where(swap, tf.reverse(starts, [0]), starts)

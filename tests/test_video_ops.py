@@ -58,6 +58,17 @@ def test_short_video_loops():
   np.testing.assert_array_equal(indices, [7, 9, 1, 3, 5, 7, 9, 1])
 
 
+def test_without_temporal_augmentation_both_clips_share_their_start():
+  starts = set()
+  for i in range(30):
+    for length in (100, 10):  # long enough, and looped
+      indices_1, indices_2 = video_ops.sample_clip_pair_indices(
+          length, _seed(i), num_frames=8, stride=2, temporal_augmentation=False)
+      np.testing.assert_array_equal(indices_1, indices_2)
+      starts.add((length, int(indices_1[0])))
+  assert len(starts) > 20  # the start itself is still random
+
+
 @pytest.mark.parametrize("exponent", [0.0, 1.0, 2.0])
 def test_delta_follows_its_density(exponent):
   num_starts, draws = 20, 20000
