@@ -107,6 +107,7 @@ class Trainer(loop.TrainLoop):
     self.backbone = pretrain.build_backbone(config.model, data.num_frames, data.crop_size)
     self.classifier = heads.LinearClassifier(
         config.evaluation.num_classes, normalize=config.classifier.normalize,
+        batch_norm=config.classifier.batch_norm,
         dropout_rate=config.classifier.dropout_rate)
     self.classifier.build((None, self.backbone.output_channels))
     if self.frozen:

@@ -161,6 +161,7 @@ class EvaluationConfig:
 class ClassifierConfig:
   """The classifier on the pooled feature (cvrl_tf.heads.LinearClassifier)."""
   normalize: bool = True                 # L2-normalise the feature first (linear evaluation)
+  batch_norm: bool = False               # then standardise it (BN without scale / offset)
   dropout_rate: float = 0.0              # before the Dense (fine-tuning)
   label_smoothing: float = 0.0
 

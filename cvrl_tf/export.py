@@ -209,6 +209,7 @@ def build_modules(config) -> dict:
       backbone = pretrain.build_backbone(model, data.num_frames, data.crop_size)
       classifier = heads.LinearClassifier(
           config.evaluation.num_classes, normalize=config.classifier.normalize,
+          batch_norm=config.classifier.batch_norm,
           dropout_rate=config.classifier.dropout_rate)
       classifier.build((None, backbone.output_channels))
       return {"backbone": backbone, "classifier": classifier}

@@ -91,13 +91,17 @@ class LinearClassifier(keras.layers.Layer):
     normalize: L2-normalise the feature first (linear evaluation); fine-tuning heads usually
       do not.
     dropout_rate: dropout on the feature in training mode, after the normalisation.
+    batch_norm: standardise every feature dimension with a BatchNormalization without scale and
+      offset (MAE's linear probing) after the L2 normalisation: features that share one dominant
+      direction then train at ordinary learning rates. Its moving statistics are the probe's own
+      (the backbone stays frozen).
     **kwargs: keras.layers.Layer arguments (name, dtype).
 
   Call: [B, D] -> [B, num_classes] float32 logits.
   """
 
   def __init__(self, num_classes: int, kernel_initializer=None, normalize: bool = True,
-               dropout_rate: float = 0.0, **kwargs):
+               dropout_rate: float = 0.0, batch_norm: bool = False, **kwargs):
     kwargs.setdefault("name", "linear_classifier")
     super().__init__(**kwargs)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
@@ -107,14 +111,20 @@ class LinearClassifier(keras.layers.Layer):
     self.num_classes = num_classes
     self.normalize = bool(normalize)
     self.dropout_rate = float(dropout_rate)
+    self.batch_norm = bool(batch_norm)
     if kernel_initializer is None:
       kernel_initializer = keras.initializers.RandomNormal(stddev=0.01)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
     self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+    if self.batch_norm:
+      self.norm = keras.layers.BatchNormalization(center=False, scale=False, momentum=0.9,
+                                                  epsilon=1e-6, name="norm", dtype="float32")
     self.dense = keras.layers.Dense(num_classes, kernel_initializer=self.kernel_initializer,
                                     name="dense", dtype="float32")
 
   def build(self, input_shape):
+    if self.batch_norm:
+      self.norm.build((None, input_shape[-1]))
     self.dense.build((None, input_shape[-1]))
 
   def call(self, x, training=None):  # [B, D] -> [B, num_classes]
@@ -122,6 +132,8 @@ class LinearClassifier(keras.layers.Layer):
     x = tf.cast(x, tf.float32)
     if self.normalize:
       x = tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
+    if self.batch_norm:
+      x = self.norm(x, training=training)
     if self.dropout_rate:
       x = self.dropout(x, training=training)
     return self.dense(x)
@@ -133,5 +145,6 @@ class LinearClassifier(keras.layers.Layer):
     config = super().get_config()
     config.update(num_classes=self.num_classes,
                   kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-                  normalize=self.normalize, dropout_rate=self.dropout_rate)
+                  normalize=self.normalize, dropout_rate=self.dropout_rate,
+                  batch_norm=self.batch_norm)
     return config

@@ -139,3 +139,24 @@ def test_fine_tuning_classifier_skips_normalisation_and_drops_out():
   assert set(np.unique(ones)) == {0.0, 2.0} and 0.4 < (ones == 0).mean() < 0.6
   clone = heads.LinearClassifier.from_config(classifier.get_config())
   assert (clone.normalize, clone.dropout_rate) == (False, 0.5)
+
+
+def test_batch_norm_probe_standardises_the_normalised_feature():
+  rng = np.random.default_rng(6)
+  # Features sharing one dominant direction, as a small backbone's do.
+  features = (np.ones(16) + 0.05 * rng.normal(size=(32, 16))).astype(np.float32)
+  classifier = heads.LinearClassifier(4, batch_norm=True)
+  classifier.build((None, 16))
+  kernel, bias = classifier.dense.kernel.numpy(), classifier.dense.bias.numpy()
+  unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+  standard = (unit - unit.mean(0)) / np.sqrt(unit.var(0) + 1e-6)
+  np.testing.assert_allclose(classifier(features, training=True).numpy(),
+                             standard @ kernel + bias, rtol=1e-4, atol=1e-4)
+  # Inference uses the moving statistics, which moved 10% of the way to the batch's.
+  moving_mean = 0.1 * unit.mean(0)
+  moving_var = 0.9 + 0.1 * unit.var(0) * 32 / 31       # Keras keeps the unbiased variance
+  expected = (unit - moving_mean) / np.sqrt(moving_var + 1e-6) @ kernel + bias
+  np.testing.assert_allclose(classifier(features, training=False).numpy(), expected,
+                             rtol=1e-4, atol=1e-4)
+  assert [v.name for v in classifier.trainable_variables] == ["kernel", "bias"]
+  assert heads.LinearClassifier.from_config(classifier.get_config()).batch_norm
