@@ -12,6 +12,7 @@ buffers in the checkpoint (gigabytes of videos at Kinetics scale). The price is 
 start per segment.
 """
 
+import abc
 import dataclasses
 import os
 import time
@@ -41,7 +42,7 @@ def duration(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class TrainLoop:
+class TrainLoop(abc.ABC):
   """The strategy-scoped state of one training run, and its loop.
 
   Subclasses set `summary_names` (TensorBoard tags of the values `replica_step` returns, the
@@ -81,21 +82,21 @@ class TrainLoop:
 
   # ---- what a subclass provides
 
+  @abc.abstractmethod
   def build(self) -> dict:
     """Creates the model, `self.optimizer` and `self.schedule`; returns the checkpointed objects."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def replica_step(self, features, with_gradient_norm: bool):
     """One step on this replica's batch; returns a tuple of global-batch shares."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def dataset(self, segment_start: int):
     """The distributed dataset of the segment that starts at `segment_start`."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def restore_initial(self) -> str:
     """Initialises a new run (train.init_checkpoint); returns what it did."""
-    raise NotImplementedError
 
   def on_segment_end(self, step: int) -> None:
     """Runs on every worker after each checkpoint."""
