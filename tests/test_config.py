@@ -37,7 +37,8 @@ def test_linear_eval_prints_the_spec_values():
   printed = json.loads(result.stdout)
   assert printed["task"] == "linear_eval"
   assert printed["model"]["depth"] == 50 and printed["model"]["width_multiplier"] == 1.0
-  assert printed["classifier"] == {"normalize": True, "dropout_rate": 0.0, "label_smoothing": 0.0}
+  assert printed["classifier"] == {"normalize": True, "batch_norm": False, "dropout_rate": 0.0,
+                                  "label_smoothing": 0.0}
   optimizer = printed["optimizer"]
   assert (optimizer["name"], optimizer["momentum"], optimizer["weight_decay"]) == ("sgd", 0.9, 0.0)
   assert (optimizer["base_learning_rate"], optimizer["reference_batch_size"]) == (32.0, 1024)
