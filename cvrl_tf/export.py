@@ -387,14 +387,14 @@ class FeatureExtractor(tf.__internal__.tracking.AutoTrackable):
 
 
 def _check_target(export_dir: str, overwrite: bool) -> None:
-  if os.path.exists(export_dir):
-    if not os.path.isdir(export_dir):
-      raise ExportError(f"--export_dir={export_dir!r} exists and is not a directory")
-    if os.listdir(export_dir) and not overwrite:
-      raise ExportError(
-          f"--export_dir={export_dir!r} already exists and is not empty (it holds "
-          f"{sorted(os.listdir(export_dir))[:5]}); pass --overwrite to replace it, or choose "
-          "another directory")
+  try:
+    contents = schema.directory_contents(export_dir)
+  except NotADirectoryError:
+    raise ExportError(f"--export_dir={export_dir!r} exists and is not a directory") from None
+  if contents and not overwrite:
+    raise ExportError(
+        f"--export_dir={export_dir!r} already exists and is not empty (it holds {contents}); "
+        "pass --overwrite to replace it, or choose another directory")
 
 
 def write_saved_model(extractor: FeatureExtractor, export_dir: str, overwrite: bool = False) -> str:

@@ -812,13 +812,14 @@ def save_backbone_checkpoint(backbone: ResNet3D, output_dir: str, *, overwrite: 
     The checkpoint prefix, `output_dir/backbone`.
   """
   output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir):
-    if not os.path.isdir(output_dir):
-      raise FileExistsError(f"{output_dir!r} exists and is not a directory")
-    if os.listdir(output_dir) and not overwrite:
-      raise FileExistsError(
-          f"{output_dir!r} is not empty (it holds {sorted(os.listdir(output_dir))[:5]}); "
-          "refusing to overwrite it: pass overwrite=True (--overwrite) or choose a new directory")
+  try:
+    contents = schema.directory_contents(output_dir)
+  except NotADirectoryError:
+    raise FileExistsError(f"{output_dir!r} exists and is not a directory") from None
+  if contents and not overwrite:
+    raise FileExistsError(
+        f"{output_dir!r} is not empty (it holds {contents}); refusing to overwrite it: pass "
+        "overwrite=True (--overwrite) or choose a new directory")
   keys = checkpoint_keys(backbone)
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)

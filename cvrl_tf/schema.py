@@ -189,6 +189,20 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     raise
 
 
+def directory_contents(path: str) -> Optional[list]:
+  """What a directory about to be replaced holds: None when `path` is absent or an empty
+  directory (free to write), else its first five entries, sorted.
+
+  Raises:
+    NotADirectoryError naming `path` when it exists and is not a directory.
+  """
+  if not os.path.exists(path):
+    return None
+  if not os.path.isdir(path):
+    raise NotADirectoryError(f"{path!r} exists and is not a directory")
+  return sorted(os.listdir(path))[:5] or None
+
+
 def replace_directory(temporary: str, target: str) -> None:
   """Moves the finished directory `temporary` to `target`, replacing what is there.
 
