@@ -79,8 +79,11 @@ def main(argv):
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # TF 2.21 leaves oneDNN off on CPUs it does not recognise (this AMD machine kind included);
   # on, the training step is 1.2-1.3x and the input pipeline's blur 11x faster
-  # (benchmarks/RESULTS.md), and deterministic runs stay bit-identical (tests/test_train.py).
-  # Must be set before TensorFlow is imported; TF_ENABLE_ONEDNN_OPTS=0 still turns it off.
+  # (benchmarks/RESULTS.md). But oneDNN's kernels are not covered by TF's op determinism: a
+  # killed and resumed train.deterministic run came out 1e-4 away from an uninterrupted one.
+  # So: on, unless the run is deterministic (see below). It must be set before TensorFlow is
+  # imported; an explicit TF_ENABLE_ONEDNN_OPTS is always obeyed.
+  chose_onednn = "TF_ENABLE_ONEDNN_OPTS" not in os.environ
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
   from cvrl_tf import config as cfg  # after the log level: config imports TensorFlow
 
@@ -96,6 +99,11 @@ def main(argv):
   if FLAGS.print_config:
     print(text, end="")
     return 0
+  if chose_onednn and config.train.deterministic:
+    # TensorFlow is loaded with oneDNN on; only a fresh process can turn it off.
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "cvrl_tf.train", *sys.argv[1:]])
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required to train (it holds checkpoints and summaries)")
 

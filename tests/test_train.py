@@ -310,9 +310,9 @@ def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_p
   assert "on 2 replica(s) (CollectiveAllReduceStrategy)" in chief  # MultiWorkerMirrored
   assert len(_losses(chief)) == 4
   # Printed to 4 decimals. The first step agrees to the printed digit; after it, float32
-  # differences (reductions over 2 replicas instead of 1, and oneDNN choosing its convolution
-  # kernels by shape: per-replica batch 4 against 8) grow through this loss's large swings, to
-  # ~1e-4 relative by step 4 (measured 1.2e-4).
+  # differences (reductions over 2 replicas instead of 1; kernels chosen by shape, per-replica
+  # batch 4 against 8) grow through this loss's large swings, to ~1e-4 relative by step 4
+  # (measured 1.2e-4 with oneDNN on; this deterministic experiment runs with it off).
   np.testing.assert_allclose(_losses(chief)[0], _losses(single.stdout)[0], atol=1.5e-4)
   np.testing.assert_allclose(_losses(chief), _losses(single.stdout), rtol=5e-4)
   assert tf.train.latest_checkpoint(str(tmp_path / "multi" / "checkpoints")).endswith("ckpt-4")
