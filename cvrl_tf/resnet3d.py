@@ -29,6 +29,7 @@ Checkpoints:
   not at all, and the error names the first mismatch.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -103,23 +104,198 @@ def _conv2d(x, kernel, strides):
   return tf.nn.conv2d(x, kernel, [1, *strides, 1], "SAME")
 
 
+# The ways FoldedConv3D computes a "same", bias-free conv3d of x [B, T, H, W, C] by a kernel
+# [kt, kh, kw, C, F]. Each returns exactly conv3d's result and gradients
+# (tests/test_resnet3d.py); they differ only in speed, which depends on the shape and on
+# whether TensorFlow runs oneDNN or Eigen kernels (`choose_implementation`).
+
+def _matmul_conv(x, kernel, strides):
+  """1×1×1 kernels: subsample by the strides (TF's "same" keeps positions 0, s, 2s, ...), then
+  one 2-D [N, C] × [C, F] matmul.
+
+  On the 5-D tensor TF would broadcast a BatchMatMul whose kernel gradient is one small matmul per
+  position, summed (10× slower training on CPU). The kernel is reshaped, never sliced: a slice's
+  gradient is a StridedSliceGrad copy per step.
+  """
+  st, sh, sw = strides
+  if strides != (1, 1, 1):
+    x = x[:, ::st, ::sh, ::sw, :]
+  shape = tf.shape(x)
+  c, filters = kernel.shape[-2:]
+  y = tf.linalg.matmul(tf.reshape(x, [-1, c]), tf.reshape(kernel, [c, filters]))
+  return tf.reshape(y, tf.concat([shape[:4], [filters]], axis=0))
+
+
+def _spatial_conv(x, kernel, strides):
+  """1×kh×kw kernels with temporal stride 1: a conv2d on [B·T, H, W, C]."""
+  _, kh, kw, c, filters = kernel.shape
+  shape = tf.shape(x)
+  b, t = shape[0], shape[1]
+  y = _conv2d(tf.reshape(x, [b * t, shape[2], shape[3], c]),
+              tf.reshape(kernel, [kh, kw, c, filters]), strides[1:])
+  y_shape = tf.shape(y)
+  return tf.reshape(y, [b, t, y_shape[1], y_shape[2], filters])
+
+
+def _temporal_conv(x, kernel, strides):
+  """kt×1×1 kernels with spatial stride 1: a conv2d on [B, T, H·W, C] with a kt×1 kernel."""
+  kt, _, _, c, filters = kernel.shape
+  shape = tf.shape(x)
+  b, h, w = shape[0], shape[2], shape[3]
+  y = _conv2d(tf.reshape(x, [b, shape[1], h * w, c]), tf.reshape(kernel, [kt, 1, c, filters]),
+              (strides[0], 1))
+  return tf.reshape(y, [b, tf.shape(y)[1], h, w, filters])
+
+
+def _stacked_time_conv(x, kernel, strides):
+  """Any kernel, meant for the stem on RGB: the kt taps of each output frame stacked as kt·C
+  channels, one conv2d on [B·T', H, W, kt·C]."""
+  kt, kh, kw, c, filters = kernel.shape
+  st, sh, sw = strides
+  shape = tf.shape(x)
+  b, t, h, w = shape[0], shape[1], shape[2], shape[3]
+  # TF's "same" along time: ceil(t / st) outputs, the odd padding frame at the end.
+  t_out = (t + st - 1) // st
+  pad = tf.maximum((t_out - 1) * st + kt - t, 0)
+  x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [0, 0], [0, 0], [0, 0]])
+  # One gather + transpose: kt strided slices of the 5-D clip cost 4× more on CPU.
+  taps = tf.reshape(tf.range(t_out)[:, None] * st + tf.range(kt), [-1])  # [T'·kt]
+  stacked = tf.reshape(tf.gather(x, taps, axis=1), [b, t_out, kt, h, w, c])
+  stacked = tf.reshape(tf.transpose(stacked, [0, 1, 3, 4, 2, 5]), [b * t_out, h, w, kt * c])
+  # [kt, kh, kw, C, F] -> [kh, kw, kt·C, F], tap-major like the stacked channels.
+  kernel = tf.reshape(tf.transpose(kernel, [1, 2, 0, 3, 4]), [kh, kw, kt * c, filters])
+  y = tf.nn.conv2d(stacked, kernel, [1, sh, sw, 1], "SAME")
+  y_shape = tf.shape(y)
+  return tf.reshape(y, [b, t_out, y_shape[1], y_shape[2], filters])
+
+
+def _conv3d(x, kernel, strides):
+  return tf.nn.conv3d(x, kernel, [1, *strides, 1], "SAME")
+
+
+def _conv3d_patch_kernel_grad(x, kernel, strides):
+  """conv3d whose kernel gradient is one matmul: the input's patches [N', kt·kh·kw·C] against
+  dy [N', F], N' = B·T'·H'·W'.
+
+  oneDNN's backward-weights convolution runs at a third of the matmul's speed when the output
+  has few positions for a large kernel (R3D-50's res5 on 8×112² clips: 256 positions for a
+  3×1×1×2048×512 kernel). The patches cost one extra pass over x, which pays only there.
+  """
+  strides = [1, *strides, 1]
+  kt, kh, kw, c, filters = kernel.shape
+  kernel = tf.convert_to_tensor(kernel)  # a tensor: custom_gradient must not see the variable
+
+  @tf.custom_gradient
+  def conv(x, kernel):
+    def grad(dy):
+      dx = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(x), filter=kernel,
+                                            out_backprop=dy, strides=strides, padding="SAME")
+      # [B, T', H', W', kt·kh·kw·C], tap-major then channel: the kernel's own order.
+      patches = tf.extract_volume_patches(x, [1, kt, kh, kw, 1], strides, "SAME")
+      dkernel = tf.linalg.matmul(tf.reshape(patches, [-1, kt * kh * kw * c]),
+                                 tf.reshape(dy, [-1, filters]), transpose_a=True)
+      return dx, tf.reshape(dkernel, kernel.shape)
+    return tf.nn.conv3d(x, kernel, strides, "SAME"), grad
+
+  return conv(x, kernel)
+
+
+# Thresholds of choose_implementation, measured (its docstring).
+_FOLD_SPATIAL_MAX_CHANNELS = 512  # 1×k×k as conv2d below this many input channels
+_STACK_TIME_MAX_CHANNELS = 4  # the stem's stacked-frames conv2d up to this many (RGB)
+_PATCH_GRAD_POSITIONS_PER_KERNEL = 1 / 500  # patch kernel gradient below positions / (C·F)
+
+IMPLEMENTATIONS = {
+    "matmul": _matmul_conv,
+    "spatial_conv2d": _spatial_conv,
+    "temporal_conv2d": _temporal_conv,
+    "stacked_time_conv2d": _stacked_time_conv,
+    "conv3d": _conv3d,
+    "conv3d_patch_kernel_grad": _conv3d_patch_kernel_grad,
+}
+
+
+def applicable_implementations(kernel_size, strides) -> Tuple[str, ...]:
+  """The IMPLEMENTATIONS that can compute a conv of this kernel size and these strides."""
+  (kt, kh, kw), (st, sh, sw) = kernel_size, strides
+  names = []
+  if (kt, kh, kw) == (1, 1, 1):
+    names.append("matmul")
+  if kt == 1 and st == 1:
+    names.append("spatial_conv2d")
+  if kh == kw == 1 and sh == sw == 1:
+    names.append("temporal_conv2d")
+  return tuple(names) + ("stacked_time_conv2d", "conv3d", "conv3d_patch_kernel_grad")
+
+
+def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
+                          output_positions: Optional[int], onednn: bool) -> str:
+  """The fastest IMPLEMENTATIONS entry for this conv, by forward + backward time on CPU.
+
+  Measured per layer on R3D-50's shapes (2-core AVX2, TF 2.21, batch 4 × 8×112², also 224²;
+  figures in benchmarks/RESULTS.md):
+    - 1×1×1, unit stride: a matmul, up to 2× faster than conv3d with either backend.
+    - 1×1×1, spatial stride 2 (projection shortcuts): Eigen's conv3d from 512 channels
+      (a strided conv2d is 2–4× slower there); with oneDNN, subsample + matmul from 1024 channels
+      (2.5× faster than conv3d), a strided conv2d below.
+    - 1×k×k: a conv2d on folded time below 512 input channels; at 512 and above Eigen's conv2d
+      backward is 2× slower than conv3d (and oneDNN's no faster).
+    - k×1×1: Eigen runs it 1.3× faster as a conv2d on [B, T, H·W, C]; oneDNN's conv3d is
+      1.2–1.6× faster than that fold.
+    - The stem's kt×7×7 on RGB: Eigen's conv3d is 1.7× slower than a conv2d on the kt taps
+      stacked into channels; oneDNN's conv3d is 1.2× faster than that conv2d.
+    - What would run as oneDNN's conv3d, when the output has fewer than C·F / 500 positions
+      (res5 of short, small clips): the kernel gradient as a matmul of patches is 1.2–2× faster
+      for the whole layer; with more positions (res4) it is 1.4× slower.
+  `output_positions` is B·T'·H'·W' when the input's shape is static, else None. `onednn` says
+  whether TensorFlow rewrites ops to oneDNN kernels in this process (`onednn_enabled()`); with
+  Eigen kernels, and on GPUs, the choices made without oneDNN apply.
+  """
+  (kt, kh, kw), (st, sh, sw) = kernel_size, strides
+  if (kt, kh, kw) == (1, 1, 1):
+    if (st, sh, sw) == (1, 1, 1):
+      return "matmul"
+    if onednn:
+      return "matmul" if in_channels >= 1024 else "spatial_conv2d"
+    if st == 1 and in_channels < _FOLD_SPATIAL_MAX_CHANNELS:
+      return "spatial_conv2d"
+    return "conv3d"
+  if kt == 1 and st == 1 and in_channels < _FOLD_SPATIAL_MAX_CHANNELS:
+    return "spatial_conv2d"
+  if not onednn:
+    if kh == kw == 1 and sh == sw == 1:
+      return "temporal_conv2d"
+    if in_channels <= _STACK_TIME_MAX_CHANNELS:
+      return "stacked_time_conv2d"
+    return "conv3d"
+  if (output_positions is not None
+      and output_positions < _PATCH_GRAD_POSITIONS_PER_KERNEL * in_channels * filters):
+    return "conv3d_patch_kernel_grad"
+  return "conv3d"
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_enabled() -> bool:
+  """Whether TensorFlow runs oneDNN kernels in this process (TF_ENABLE_ONEDNN_OPTS, read by
+  TensorFlow when it loads; TF 2.21 leaves them off on AMD CPUs unless the variable is 1)."""
+  try:
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  except ImportError:  # A TensorFlow without the query: Eigen's choices are the safe ones.
+    return False
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
 class FoldedConv3D(keras.layers.Layer):
   """Bias-free Conv3D, "same" padding, computed by the fastest equivalent TF op on CPU.
 
   The kernel is stored as [kt, kh, kw, C_in, filters], like `keras.layers.Conv3D`, so checkpoints
-  do not depend on how it is computed. Measured here (2-core AVX2, TF 2.21, forward + backward):
-  a 1×1×1 kernel as a [N, C] matmul is up to 2× faster than conv3d; a k×1×1 kernel as a conv2d
-  on [B, T, H·W, C] up to 1.3×; a 1×k×k kernel as a conv2d on [B·T, H, W, C] is faster below
-  FOLD_SPATIAL_MAX_CHANNELS input channels and 2× slower above (oneDNN's conv2d backward on wide,
-  small images). The stem's kt×7×7 kernel on RGB (C_in <= FOLD_TIME_MAX_CHANNELS) runs as a
-  conv2d on the kt taps stacked into channels, 1.5× faster. Strided 1×1×1 and everything else
-  stay conv3d. The stride-1 conv2d folds take their input gradient from a forward conv2d
-  (`_conv2d_same_unit_stride`); kernels are reshaped, never sliced. Each fold keeps TF's "same"
-  padding per axis, so the result and its gradients equal conv3d's (tests/test_resnet3d.py).
+  do not depend on how it is computed. `choose_implementation` picks among IMPLEMENTATIONS by
+  kernel, strides, input channels and backend (oneDNN or Eigen): 1×1×1 kernels as matmuls,
+  1×k×k and k×1×1 kernels as conv2d on folded tensors, the stem on RGB as a conv2d on stacked
+  frames, the rest as conv3d. The stride-1 conv2d folds take their input gradient from a forward
+  conv2d (`_conv2d_same_unit_stride`); kernels are reshaped, never sliced. Each way keeps TF's
+  "same" padding per axis, so results and gradients equal conv3d's (tests/test_resnet3d.py).
   """
-
-  FOLD_SPATIAL_MAX_CHANNELS = 512
-  FOLD_TIME_MAX_CHANNELS = 4
 
   def __init__(self, filters: int, kernel_size, strides=1, kernel_initializer="variance_scaling",
                **kwargs):
@@ -135,49 +311,15 @@ class FoldedConv3D(keras.layers.Layer):
         name="kernel", shape=(*self.kernel_size, input_shape[-1], self.filters),
         initializer=self.kernel_initializer)
 
-  def call(self, x):  # [B, T, H, W, C] -> [B, T', H', W', filters]
-    kt, kh, kw = self.kernel_size
-    st, sh, sw = self.strides
-    shape = tf.shape(x)
-    b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], x.shape[-1]
-    if (kt, kh, kw, st, sh, sw) == (1, 1, 1, 1, 1, 1):
-      # A 2-D [N, C] matmul: on the 5-D tensor TF would broadcast a BatchMatMul whose kernel
-      # gradient is one small matmul per position, summed (10× slower training on CPU). The
-      # kernel is reshaped, never sliced: a slice's gradient is a StridedSliceGrad copy per step.
-      y = tf.linalg.matmul(tf.reshape(x, [-1, c]), tf.reshape(self.kernel, [c, self.filters]))
-      return tf.reshape(y, [b, t, h, w, self.filters])
-    if kt == 1 and st == 1 and c < self.FOLD_SPATIAL_MAX_CHANNELS:
-      kernel = tf.reshape(self.kernel, [kh, kw, c, self.filters])
-      y = _conv2d(tf.reshape(x, [b * t, h, w, c]), kernel, (sh, sw))
-      y_shape = tf.shape(y)
-      return tf.reshape(y, [b, t, y_shape[1], y_shape[2], self.filters])
-    if kh == kw == 1 and sh == sw == 1:
-      kernel = tf.reshape(self.kernel, [kt, 1, c, self.filters])
-      y = _conv2d(tf.reshape(x, [b, t, h * w, c]), kernel, (st, 1))
-      return tf.reshape(y, [b, tf.shape(y)[1], h, w, self.filters])
-    if c <= self.FOLD_TIME_MAX_CHANNELS:
-      return self._time_to_channels_conv(x)
-    return tf.nn.conv3d(x, self.kernel, [1, st, sh, sw, 1], "SAME")
+  def implementation(self, input_shape) -> str:
+    """The IMPLEMENTATIONS entry this layer runs in this process on inputs of `input_shape`."""
+    output_shape = self.compute_output_shape(tuple(input_shape))
+    positions = (int(np.prod(output_shape[:4])) if None not in output_shape[:4] else None)
+    return choose_implementation(self.kernel_size, self.strides, self.kernel.shape[-2],
+                                 self.filters, positions, onednn_enabled())
 
-  def _time_to_channels_conv(self, x):
-    """The stem on RGB: the kt taps of each output frame stacked as kt·C channels, one conv2d."""
-    kt, kh, kw = self.kernel_size
-    st, sh, sw = self.strides
-    shape = tf.shape(x)
-    b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], x.shape[-1]
-    # TF's "same" along time: ceil(t / st) outputs, the odd padding frame at the end.
-    t_out = (t + st - 1) // st
-    pad = tf.maximum((t_out - 1) * st + kt - t, 0)
-    x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [0, 0], [0, 0], [0, 0]])
-    # One gather + transpose: kt strided slices of the 5-D clip cost 4× more on CPU.
-    taps = tf.reshape(tf.range(t_out)[:, None] * st + tf.range(kt), [-1])  # [T'·kt]
-    stacked = tf.reshape(tf.gather(x, taps, axis=1), [b, t_out, kt, h, w, c])
-    stacked = tf.reshape(tf.transpose(stacked, [0, 1, 3, 4, 2, 5]), [b * t_out, h, w, kt * c])
-    # [kt, kh, kw, C, F] -> [kh, kw, kt·C, F], tap-major like the stacked channels.
-    kernel = tf.reshape(tf.transpose(self.kernel, [1, 2, 0, 3, 4]), [kh, kw, kt * c, self.filters])
-    y = tf.nn.conv2d(stacked, kernel, [1, sh, sw, 1], "SAME")
-    y_shape = tf.shape(y)
-    return tf.reshape(y, [b, t_out, y_shape[1], y_shape[2], self.filters])
+  def call(self, x):  # [B, T, H, W, C] -> [B, T', H', W', filters]
+    return IMPLEMENTATIONS[self.implementation(x.shape)](x, self.kernel, self.strides)
 
   def compute_output_shape(self, input_shape):
     def out(n, s):

@@ -144,17 +144,47 @@ def test_reference_parity(narrow, expected):
   np.testing.assert_allclose(out["res5"], expected["endpoint_5"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kernel, strides, channels", [
-    ((1, 1, 1), (1, 1, 1), 3), ((1, 1, 1), (1, 2, 2), 3), ((1, 3, 3), (1, 1, 1), 3),
-    ((1, 3, 3), (1, 2, 2), 3), ((1, 3, 3), (1, 2, 2), 512), ((3, 1, 1), (1, 1, 1), 3),
-    ((5, 7, 7), (2, 2, 2), 3), ((5, 7, 7), (1, 2, 2), 3), ((4, 3, 3), (3, 1, 1), 3),
-    ((3, 3, 3), (1, 2, 2), 8), ((2, 1, 1), (1, 1, 1), 3), ((1, 1, 2), (1, 1, 1), 3)])
-def test_folded_conv_equals_conv3d(kernel, strides, channels):
-  # Every way FoldedConv3D computes (matmul, either fold, conv3d, the hand-written input
-  # gradient of stride-1 odd kernels and its even-kernel fallback) against conv3d itself,
-  # forward and backward.
+# Kernel, strides and input channels covering every branch of choose_implementation and every
+# special case of the implementations (odd and even kernels, temporal and spatial strides, "same"
+# padding that is uneven at the end).
+CONV_CASES = [
+    ((1, 1, 1), (1, 1, 1), 3), ((1, 1, 1), (1, 2, 2), 3), ((1, 1, 1), (2, 2, 2), 3),
+    ((1, 3, 3), (1, 1, 1), 3), ((1, 3, 3), (1, 2, 2), 3), ((1, 3, 3), (1, 2, 2), 512),
+    ((3, 1, 1), (1, 1, 1), 3), ((5, 7, 7), (2, 2, 2), 3), ((5, 7, 7), (1, 2, 2), 3),
+    ((4, 3, 3), (3, 1, 1), 3), ((3, 3, 3), (1, 2, 2), 8), ((2, 1, 1), (1, 1, 1), 3),
+    ((1, 1, 2), (1, 1, 1), 3)]
+IMPLEMENTATION_CASES = [
+    (name, *case) for case in CONV_CASES
+    for name in resnet3d.applicable_implementations(case[0], case[1]) if name != "conv3d"]
+
+
+def conv_and_gradients(fn, x, kernel):
+  """(y, dloss/dx, dloss/dkernel) of fn(x, kernel) under a fixed random linear loss."""
+  with tf.GradientTape() as tape:
+    tape.watch([x, kernel])
+    y = fn(x, kernel)
+    loss = tf.reduce_sum(y * tf.random.stateless_normal(tf.shape(y), seed=[3, 4]))
+  return (y, *tape.gradient(loss, [x, kernel]))
+
+
+@pytest.mark.parametrize("name, kernel, strides, channels", IMPLEMENTATION_CASES)
+def test_every_implementation_equals_conv3d(name, kernel, strides, channels):
+  # Element by element, forward and both gradients, against tf.nn.conv3d itself.
+  x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[1, 2])
+  k = tf.random.stateless_normal([*kernel, channels, 6], seed=[5, 6])
+  actual = conv_and_gradients(lambda x, k: resnet3d.IMPLEMENTATIONS[name](x, k, strides), x, k)
+  expected = conv_and_gradients(lambda x, k: tf.nn.conv3d(x, k, [1, *strides, 1], "SAME"), x, k)
+  for a, e in zip(actual, expected):
+    assert a.shape == e.shape
+    np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3 if channels > 3 else 1e-4)
+
+
+@pytest.mark.parametrize("kernel, strides, channels", CONV_CASES)
+def test_folded_conv_layer_equals_conv3d(kernel, strides, channels):
+  # The layer, whatever it chose in this process, with its own variable.
   conv = resnet3d.FoldedConv3D(6, kernel, strides)
   x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[1, 2])
+  conv.build(x.shape)
   results = []
   for fn in (conv, lambda x: tf.nn.conv3d(x, conv.kernel, [1, *strides, 1], "SAME")):
     with tf.GradientTape() as tape:
@@ -165,6 +195,69 @@ def test_folded_conv_equals_conv3d(kernel, strides, channels):
   for actual, expected in zip(*results):  # y, dloss/dx, dloss/dkernel
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 if channels > 3 else 1e-5)
   assert tuple(results[0][0].shape) == conv.compute_output_shape(x.shape)
+
+
+# R3D-50's convolutions on a batch of 4 clips of 8×112² (benchmarks/model_step.py): kernel,
+# strides, input channels, filters, output positions B·T'·H'·W' -> (Eigen's, oneDNN's) choice.
+R3D50_CHOICES = [
+    ((5, 7, 7), (2, 2, 2), 3, 64, 4 * 4 * 56 * 56, "stacked_time_conv2d", "conv3d"),
+    ((1, 1, 1), (1, 1, 1), 256, 64, 4 * 4 * 28 * 28, "matmul", "matmul"),
+    ((1, 3, 3), (1, 1, 1), 64, 64, 4 * 4 * 28 * 28, "spatial_conv2d", "spatial_conv2d"),
+    ((1, 1, 1), (1, 2, 2), 256, 512, 4 * 4 * 14 * 14, "spatial_conv2d", "spatial_conv2d"),
+    ((1, 3, 3), (1, 2, 2), 128, 128, 4 * 4 * 14 * 14, "spatial_conv2d", "spatial_conv2d"),
+    ((3, 1, 1), (1, 1, 1), 512, 256, 4 * 4 * 14 * 14, "temporal_conv2d", "conv3d"),
+    ((1, 1, 1), (1, 2, 2), 512, 1024, 4 * 4 * 7 * 7, "conv3d", "spatial_conv2d"),
+    ((3, 1, 1), (1, 1, 1), 1024, 256, 4 * 4 * 7 * 7, "temporal_conv2d", "conv3d"),
+    ((3, 1, 1), (1, 1, 1), 1024, 512, 4 * 4 * 7 * 7, "temporal_conv2d",
+     "conv3d_patch_kernel_grad"),
+    ((1, 1, 1), (1, 2, 2), 1024, 2048, 4 * 4 * 4 * 4, "conv3d", "matmul"),
+    ((1, 3, 3), (1, 2, 2), 512, 512, 4 * 4 * 4 * 4, "conv3d", "conv3d_patch_kernel_grad"),
+    ((3, 1, 1), (1, 1, 1), 2048, 512, 4 * 4 * 4 * 4, "temporal_conv2d",
+     "conv3d_patch_kernel_grad"),
+    # res5 of 16×224² clips has 4× the positions: oneDNN's own kernel gradient again.
+    ((1, 3, 3), (1, 1, 1), 512, 512, 8 * 8 * 7 * 7 * 4, "conv3d", "conv3d"),
+    # A static shape is needed to count positions.
+    ((3, 1, 1), (1, 1, 1), 2048, 512, None, "temporal_conv2d", "conv3d"),
+]
+
+
+@pytest.mark.parametrize("kernel, strides, channels, filters, positions, eigen, onednn",
+                         R3D50_CHOICES)
+def test_implementation_choices(kernel, strides, channels, filters, positions, eigen, onednn):
+  for backend, expected in ((False, eigen), (True, onednn)):
+    assert resnet3d.choose_implementation(kernel, strides, channels, filters, positions,
+                                          backend) == expected
+    assert expected in resnet3d.applicable_implementations(kernel, strides)
+
+
+_ONEDNN_SCRIPT = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    from cvrl_tf import resnet3d
+    assert resnet3d.onednn_enabled(), "TF_ENABLE_ONEDNN_OPTS=1 did not switch oneDNN on"
+    for kernel, strides, channels in %r:
+      x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[1, 2])
+      k = tf.random.stateless_normal([*kernel, channels, 6], seed=[5, 6])
+      def grads(fn):
+        with tf.GradientTape() as tape:
+          tape.watch([x, k])
+          y = fn(x, k)
+          loss = tf.reduce_sum(y * tf.random.stateless_normal(tf.shape(y), seed=[3, 4]))
+        return (y, *tape.gradient(loss, [x, k]))
+      expected = grads(lambda x, k: tf.nn.conv3d(x, k, [1, *strides, 1], "SAME"))
+      for name in resnet3d.applicable_implementations(kernel, strides):
+        for a, e in zip(grads(lambda x, k: resnet3d.IMPLEMENTATIONS[name](x, k, strides)),
+                        expected):
+          np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3, err_msg=f"{name} {kernel}")
+    print("ok")
+""")
+
+
+def test_every_implementation_equals_conv3d_with_onednn():
+  # oneDNN's kernels (the default of `python -m cvrl_tf.train`) in a process of their own.
+  env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2")
+  run = subprocess.run([sys.executable, "-c", _ONEDNN_SCRIPT % (CONV_CASES,)],
+                       capture_output=True, text=True, env=env, timeout=300)
+  assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
