@@ -8,8 +8,9 @@ cross-entropy; SGD momentum 0.9. Modes:
 
   baseline   the same network written with plain keras.layers.Conv3D / MaxPooling3D (what a
              straightforward Keras 3 port runs): the comparison measured in the same run
-  fp32       cvrl_tf.resnet3d.ResNet3D (FoldedConv3D: 1×k×k and k×1×1 convs as conv2d, 1×1×1 as
-             matmul, the stem as a conv2d on stacked frames)
+  fp32       cvrl_tf.resnet3d.ResNet3D: each FoldedConv3D runs what resnet3d.choose_implementation
+             measured fastest for its shape and for this process's backend (oneDNN or Eigen:
+             matmuls, conv2d folds, conv3d, conv3d with a patch-matmul kernel gradient)
   bf16       the same under the mixed_bfloat16 policy
   fp32_xla, bf16_xla, baseline_xla   the step compiled with jit_compile=True
 

@@ -105,9 +105,10 @@ def _conv2d(x, kernel, strides):
 
 
 # The ways FoldedConv3D computes a "same", bias-free conv3d of x [B, T, H, W, C] by a kernel
-# [kt, kh, kw, C, F]. Each returns exactly conv3d's result and gradients
-# (tests/test_resnet3d.py); they differ only in speed, which depends on the shape and on
-# whether TensorFlow runs oneDNN or Eigen kernels (`choose_implementation`).
+# [kt, kh, kw, C, F] -> [B, T', H', W', F]. Each gives conv3d's result and gradients up to float
+# rounding (the order of the sums differs; tests/test_resnet3d.py); they differ in speed, which
+# depends on the shape and on whether TensorFlow runs oneDNN or Eigen kernels
+# (`choose_implementation`).
 
 def _matmul_conv(x, kernel, strides):
   """1×1×1 kernels: subsample by the strides (TF's "same" keeps positions 0, s, 2s, ...), then
@@ -170,7 +171,32 @@ def _stacked_time_conv(x, kernel, strides):
 
 
 def _conv3d(x, kernel, strides):
+  """TensorFlow's own conv3d."""
   return tf.nn.conv3d(x, kernel, [1, *strides, 1], "SAME")
+
+
+def _patches(x, kernel_size, strides):
+  """The "same"-padded patches of conv3d: [B, T, H, W, C] -> [B, T', H', W', kt·kh·kw·C], taps in
+  the kernel's [kt, kh, kw] order, then channels.
+
+  Strided slices of the padded input, concatenated: equal to tf.extract_volume_patches, which
+  XLA cannot compile, and 1.6–1.9× faster than it at unit stride (slower strided).
+  """
+  shape = tf.shape(x)
+  paddings, out_sizes = [[0, 0]], []
+  for axis, (k, s) in enumerate(zip(kernel_size, strides), start=1):
+    size = shape[axis]
+    out_size = (size + s - 1) // s
+    total = tf.maximum((out_size - 1) * s + k - size, 0)  # TF's "same": the odd one at the end
+    paddings.append([total // 2, total - total // 2])
+    out_sizes.append(out_size)
+  padded = tf.pad(x, paddings + [[0, 0]])
+  taps = []
+  for offsets in np.ndindex(*kernel_size):  # (dt, dh, dw), row-major like the kernel
+    begin = [0, *offsets, 0]
+    end = [shape[0]] + [o + (n - 1) * s + 1 for o, n, s in zip(offsets, out_sizes, strides)]
+    taps.append(tf.strided_slice(padded, begin, end + [shape[4]], [1, *strides, 1]))
+  return tf.concat(taps, axis=-1)
 
 
 def _conv3d_patch_kernel_grad(x, kernel, strides):
@@ -179,23 +205,23 @@ def _conv3d_patch_kernel_grad(x, kernel, strides):
 
   oneDNN's backward-weights convolution runs at a third of the matmul's speed when the output
   has few positions for a large kernel (R3D-50's res5 on 8×112² clips: 256 positions for a
-  3×1×1×2048×512 kernel). The patches cost one extra pass over x, which pays only there.
+  3×1×1×2048×512 kernel). The patches are a copy of x per kernel tap, which pays only there.
   """
-  strides = [1, *strides, 1]
-  kt, kh, kw, c, filters = kernel.shape
+  conv_strides = [1, *strides, 1]
+  kernel_size, (c, filters) = tuple(kernel.shape[:3]), kernel.shape[3:]
   kernel = tf.convert_to_tensor(kernel)  # a tensor: custom_gradient must not see the variable
 
   @tf.custom_gradient
   def conv(x, kernel):
     def grad(dy):
       dx = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(x), filter=kernel,
-                                            out_backprop=dy, strides=strides, padding="SAME")
-      # [B, T', H', W', kt·kh·kw·C], tap-major then channel: the kernel's own order.
-      patches = tf.extract_volume_patches(x, [1, kt, kh, kw, 1], strides, "SAME")
-      dkernel = tf.linalg.matmul(tf.reshape(patches, [-1, kt * kh * kw * c]),
+                                            out_backprop=dy, strides=conv_strides,
+                                            padding="SAME")
+      patches = _patches(x, kernel_size, strides)
+      dkernel = tf.linalg.matmul(tf.reshape(patches, [-1, int(np.prod(kernel_size)) * c]),
                                  tf.reshape(dy, [-1, filters]), transpose_a=True)
       return dx, tf.reshape(dkernel, kernel.shape)
-    return tf.nn.conv3d(x, kernel, strides, "SAME"), grad
+    return tf.nn.conv3d(x, kernel, conv_strides, "SAME"), grad
 
   return conv(x, kernel)
 
@@ -203,7 +229,7 @@ def _conv3d_patch_kernel_grad(x, kernel, strides):
 # Thresholds of choose_implementation, measured (its docstring).
 _FOLD_SPATIAL_MAX_CHANNELS = 512  # 1×k×k as conv2d below this many input channels
 _STACK_TIME_MAX_CHANNELS = 4  # the stem's stacked-frames conv2d up to this many (RGB)
-_PATCH_GRAD_POSITIONS_PER_KERNEL = 1 / 500  # patch kernel gradient below positions / (C·F)
+_PATCH_GRAD_POSITIONS_PER_KERNEL = 1 / 500  # patch kernel gradient while positions / (C·F) < this
 
 IMPLEMENTATIONS = {
     "matmul": _matmul_conv,
@@ -216,7 +242,8 @@ IMPLEMENTATIONS = {
 
 
 def applicable_implementations(kernel_size, strides) -> Tuple[str, ...]:
-  """The IMPLEMENTATIONS that can compute a conv of this kernel size and these strides."""
+  """The keys of IMPLEMENTATIONS that can compute a conv of `kernel_size` with `strides`, each a
+  (t, h, w) tuple of ints."""
   (kt, kh, kw), (st, sh, sw) = kernel_size, strides
   names = []
   if (kt, kh, kw) == (1, 1, 1):
@@ -230,10 +257,20 @@ def applicable_implementations(kernel_size, strides) -> Tuple[str, ...]:
 
 def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
                           output_positions: Optional[int], onednn: bool) -> str:
-  """The fastest IMPLEMENTATIONS entry for this conv, by forward + backward time on CPU.
+  """The fastest IMPLEMENTATIONS entry for a conv, by forward + backward time on CPU.
 
-  Measured per layer on R3D-50's shapes (2-core AVX2, TF 2.21, batch 4 × 8×112², also 224²;
-  figures in benchmarks/RESULTS.md):
+  Args:
+    kernel_size, strides: (t, h, w) ints.
+    in_channels, filters: C and F.
+    output_positions: B·T'·H'·W' when the input's shape is static, else None.
+    onednn: whether TensorFlow rewrites ops to oneDNN kernels in this process
+      (`onednn_enabled()`; true by default on Intel CPUs, GPU or not).
+
+  Returns:
+    A key of IMPLEMENTATIONS, always one of `applicable_implementations(kernel_size, strides)`.
+
+  Measured per layer on R3D-50's shapes on CPU (2-core AVX2, TF 2.21, batch 4 × 8×112², also
+  224²; figures in benchmarks/RESULTS.md):
     - 1×1×1, unit stride: a matmul, up to 2× faster than conv3d with either backend.
     - 1×1×1, spatial stride 2 (projection shortcuts): Eigen's conv3d from 512 channels
       (a strided conv2d is 2–4× slower there); with oneDNN, subsample + matmul from 1024 channels
@@ -244,33 +281,31 @@ def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
       1.2–1.6× faster than that fold.
     - The stem's kt×7×7 on RGB: Eigen's conv3d is 1.7× slower than a conv2d on the kt taps
       stacked into channels; oneDNN's conv3d is 1.2× faster than that conv2d.
-    - What would run as oneDNN's conv3d, when the output has fewer than C·F / 500 positions
-      (res5 of short, small clips): the kernel gradient as a matmul of patches is 1.2–2× faster
-      for the whole layer; with more positions (res4) it is 1.4× slower.
-  `output_positions` is B·T'·H'·W' when the input's shape is static, else None. `onednn` says
-  whether TensorFlow rewrites ops to oneDNN kernels in this process (`onednn_enabled()`); with
-  Eigen kernels, and on GPUs, the choices made without oneDNN apply.
+    - What would run as oneDNN's conv3d at unit stride, when the output has fewer than
+      C·F / 500 positions (res5 of short, small clips): the kernel gradient as a matmul of
+      patches is 1.2–2× faster for the whole layer; with more positions (res4) it is 1.4× slower.
+  Shapes R3D does not have (1×1×1 with a temporal stride, say) get the nearest measured rule.
   """
   (kt, kh, kw), (st, sh, sw) = kernel_size, strides
-  if (kt, kh, kw) == (1, 1, 1):
-    if (st, sh, sw) == (1, 1, 1):
-      return "matmul"
-    if onednn:
-      return "matmul" if in_channels >= 1024 else "spatial_conv2d"
-    if st == 1 and in_channels < _FOLD_SPATIAL_MAX_CHANNELS:
+  pointwise = (kt, kh, kw) == (1, 1, 1)
+  unit_stride = (st, sh, sw) == (1, 1, 1)
+  if pointwise and unit_stride:
+    return "matmul"
+  if onednn:
+    if pointwise:
+      return "spatial_conv2d" if st == 1 and in_channels < 1024 else "matmul"
+    if kt == 1 and st == 1 and in_channels < _FOLD_SPATIAL_MAX_CHANNELS:
       return "spatial_conv2d"
+    if (unit_stride and output_positions is not None
+        and output_positions < _PATCH_GRAD_POSITIONS_PER_KERNEL * in_channels * filters):
+      return "conv3d_patch_kernel_grad"
     return "conv3d"
   if kt == 1 and st == 1 and in_channels < _FOLD_SPATIAL_MAX_CHANNELS:
     return "spatial_conv2d"
-  if not onednn:
-    if kh == kw == 1 and sh == sw == 1:
-      return "temporal_conv2d"
-    if in_channels <= _STACK_TIME_MAX_CHANNELS:
-      return "stacked_time_conv2d"
-    return "conv3d"
-  if (output_positions is not None
-      and output_positions < _PATCH_GRAD_POSITIONS_PER_KERNEL * in_channels * filters):
-    return "conv3d_patch_kernel_grad"
+  if kh == kw == 1 and sh == sw == 1:
+    return "temporal_conv2d"
+  if in_channels <= _STACK_TIME_MAX_CHANNELS:
+    return "stacked_time_conv2d"
   return "conv3d"
 
 
@@ -290,11 +325,12 @@ class FoldedConv3D(keras.layers.Layer):
 
   The kernel is stored as [kt, kh, kw, C_in, filters], like `keras.layers.Conv3D`, so checkpoints
   do not depend on how it is computed. `choose_implementation` picks among IMPLEMENTATIONS by
-  kernel, strides, input channels and backend (oneDNN or Eigen): 1×1×1 kernels as matmuls,
-  1×k×k and k×1×1 kernels as conv2d on folded tensors, the stem on RGB as a conv2d on stacked
-  frames, the rest as conv3d. The stride-1 conv2d folds take their input gradient from a forward
-  conv2d (`_conv2d_same_unit_stride`); kernels are reshaped, never sliced. Each way keeps TF's
-  "same" padding per axis, so results and gradients equal conv3d's (tests/test_resnet3d.py).
+  kernel, strides, channels, output size and backend (oneDNN or Eigen): matmuls for most 1×1×1
+  kernels, conv2d on folded tensors for 1×k×k and (with Eigen) k×1×1 kernels and the stem, conv3d
+  (with oneDNN, on res5, with a patch-matmul kernel gradient) for the rest. The stride-1 conv2d
+  folds take their input gradient from a forward conv2d (`_conv2d_same_unit_stride`); kernels
+  are reshaped, never sliced. Each way keeps TF's "same" padding per axis, so results and
+  gradients equal conv3d's up to float rounding (tests/test_resnet3d.py).
   """
 
   def __init__(self, filters: int, kernel_size, strides=1, kernel_initializer="variance_scaling",
@@ -312,11 +348,13 @@ class FoldedConv3D(keras.layers.Layer):
         initializer=self.kernel_initializer)
 
   def implementation(self, input_shape) -> str:
-    """The IMPLEMENTATIONS entry this layer runs in this process on inputs of `input_shape`."""
-    output_shape = self.compute_output_shape(tuple(input_shape))
-    positions = (int(np.prod(output_shape[:4])) if None not in output_shape[:4] else None)
-    return choose_implementation(self.kernel_size, self.strides, self.kernel.shape[-2],
-                                 self.filters, positions, onednn_enabled())
+    """The IMPLEMENTATIONS key this layer runs in this process on inputs of `input_shape`
+    ([B, T, H, W, C], dimensions but C may be None)."""
+    input_shape = tuple(input_shape)
+    output_shape = self.compute_output_shape(input_shape)
+    positions = None if None in output_shape[:4] else int(np.prod(output_shape[:4]))
+    return choose_implementation(self.kernel_size, self.strides, input_shape[-1], self.filters,
+                                 positions, onednn_enabled())
 
   def call(self, x):  # [B, T, H, W, C] -> [B, T', H', W', filters]
     return IMPLEMENTATIONS[self.implementation(x.shape)](x, self.kernel, self.strides)

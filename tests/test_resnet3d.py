@@ -180,6 +180,14 @@ def test_every_implementation_equals_conv3d(name, kernel, strides, channels):
 
 
 @pytest.mark.parametrize("kernel, strides, channels", CONV_CASES)
+def test_patches_equal_extract_volume_patches(kernel, strides, channels):
+  # The slices-and-concat patches (XLA can compile them) against TF's own op, exactly.
+  x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[7, 8])
+  expected = tf.extract_volume_patches(x, [1, *kernel, 1], [1, *strides, 1], "SAME")
+  np.testing.assert_array_equal(resnet3d._patches(x, kernel, strides), expected)
+
+
+@pytest.mark.parametrize("kernel, strides, channels", CONV_CASES)
 def test_folded_conv_layer_equals_conv3d(kernel, strides, channels):
   # The layer, whatever it chose in this process, with its own variable.
   conv = resnet3d.FoldedConv3D(6, kernel, strides)
@@ -211,11 +219,18 @@ R3D50_CHOICES = [
     ((3, 1, 1), (1, 1, 1), 1024, 512, 4 * 4 * 7 * 7, "temporal_conv2d",
      "conv3d_patch_kernel_grad"),
     ((1, 1, 1), (1, 2, 2), 1024, 2048, 4 * 4 * 4 * 4, "conv3d", "matmul"),
-    ((1, 3, 3), (1, 2, 2), 512, 512, 4 * 4 * 4 * 4, "conv3d", "conv3d_patch_kernel_grad"),
+    # Strided patches cost more than they save.
+    ((1, 3, 3), (1, 2, 2), 512, 512, 4 * 4 * 4 * 4, "conv3d", "conv3d"),
+    ((1, 3, 3), (1, 1, 1), 512, 512, 4 * 4 * 4 * 4, "conv3d", "conv3d_patch_kernel_grad"),
     ((3, 1, 1), (1, 1, 1), 2048, 512, 4 * 4 * 4 * 4, "temporal_conv2d",
      "conv3d_patch_kernel_grad"),
-    # res5 of 16×224² clips has 4× the positions: oneDNN's own kernel gradient again.
-    ((1, 3, 3), (1, 1, 1), 512, 512, 8 * 8 * 7 * 7 * 4, "conv3d", "conv3d"),
+    # res5 of 4 clips of 16×224² (4·8·7·7 positions): the 3×3 conv is past the threshold
+    # (512·512 / 500), the temporal conv from 2048 channels is not (2048·512 / 500).
+    ((1, 3, 3), (1, 1, 1), 512, 512, 4 * 8 * 7 * 7, "conv3d", "conv3d"),
+    ((3, 1, 1), (1, 1, 1), 2048, 512, 4 * 8 * 7 * 7, "temporal_conv2d",
+     "conv3d_patch_kernel_grad"),
+    # A temporal stride on a 1×1×1 kernel: only subsampling covers it with oneDNN.
+    ((1, 1, 1), (2, 1, 1), 64, 64, 100, "temporal_conv2d", "matmul"),
     # A static shape is needed to count positions.
     ((3, 1, 1), (1, 1, 1), 2048, 512, None, "temporal_conv2d", "conv3d"),
 ]
@@ -228,6 +243,45 @@ def test_implementation_choices(kernel, strides, channels, filters, positions, e
     assert resnet3d.choose_implementation(kernel, strides, channels, filters, positions,
                                           backend) == expected
     assert expected in resnet3d.applicable_implementations(kernel, strides)
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("positions", [None, 1, 10**9])
+def test_every_choice_is_applicable(onednn, positions):
+  for kernel, strides, channels in CONV_CASES:
+    for in_channels in (channels, 256, 512, 1024, 2048):
+      choice = resnet3d.choose_implementation(kernel, strides, in_channels, 512, positions,
+                                              onednn)
+      assert choice in resnet3d.applicable_implementations(kernel, strides), (
+          kernel, strides, in_channels, positions, onednn)
+
+
+def test_layer_counts_output_positions(monkeypatch):
+  # res5's temporal conv on 8×112² clips, batch 4: [4, 4, 4, 4, 2048] -> 256 positions.
+  monkeypatch.setattr(resnet3d, "onednn_enabled", lambda: True)
+  conv = resnet3d.FoldedConv3D(512, (3, 1, 1))
+  assert conv.implementation((4, 4, 4, 4, 2048)) == "conv3d_patch_kernel_grad"
+  assert conv.implementation((None, 4, 4, 4, 2048)) == "conv3d"  # unknown: no positions
+  assert conv.implementation((64, 8, 14, 14, 2048)) == "conv3d"  # 100,352 positions
+  monkeypatch.setattr(resnet3d, "onednn_enabled", lambda: False)
+  assert conv.implementation((4, 4, 4, 4, 2048)) == "temporal_conv2d"
+
+
+def test_patch_kernel_gradient_compiles_with_xla():
+  # tf.extract_volume_patches has no XLA kernel; the slices that replace it must compile.
+  x = tf.random.stateless_normal([2, 3, 4, 4, 5], seed=[1, 2])
+  k = tf.random.stateless_normal([3, 1, 1, 5, 6], seed=[3, 4])
+  def grads(conv):
+    with tf.GradientTape() as tape:
+      tape.watch([x, k])
+      loss = tf.reduce_sum(conv(x, k) ** 2)
+    return tape.gradient(loss, [x, k])
+  compiled = tf.function(
+      lambda: grads(lambda x, k: resnet3d._conv3d_patch_kernel_grad(x, k, (1, 1, 1))),
+      jit_compile=True)()
+  expected = grads(lambda x, k: tf.nn.conv3d(x, k, [1] * 5, "SAME"))
+  for a, e in zip(compiled, expected):
+    np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
 
 
 _ONEDNN_SCRIPT = textwrap.dedent("""
@@ -248,6 +302,14 @@ _ONEDNN_SCRIPT = textwrap.dedent("""
         for a, e in zip(grads(lambda x, k: resnet3d.IMPLEMENTATIONS[name](x, k, strides)),
                         expected):
           np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3, err_msg=f"{name} {kernel}")
+      # The layer with oneDNN's choice, at this shape and at one with few positions.
+      for shape in ([2, 5, 9, 8, channels], [1, 2, 3, 3, channels]):
+        conv = resnet3d.FoldedConv3D(6, kernel, strides)
+        conv.build(shape)
+        xs = tf.random.stateless_normal(shape, seed=[1, 2])
+        np.testing.assert_allclose(conv(xs), tf.nn.conv3d(xs, conv.kernel, [1, *strides, 1],
+                                                          "SAME"), rtol=1e-4, atol=1e-4,
+                                   err_msg=f"{conv.implementation(shape)} {kernel} {strides}")
     print("ok")
 """)
 
