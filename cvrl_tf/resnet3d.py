@@ -148,6 +148,14 @@ def _temporal_conv(x, kernel, strides):
   return tf.reshape(y, [b, tf.shape(y)[1], h, w, filters])
 
 
+def _same_padding(size, kernel: int, stride: int):
+  """TF's "same" along one axis of `size` (an int or a scalar tensor): (output size, padding
+  before, padding after); ceil(size / stride) outputs, the odd padding element at the end."""
+  out_size = (size + stride - 1) // stride
+  total = tf.maximum((out_size - 1) * stride + kernel - size, 0)
+  return out_size, total // 2, total - total // 2
+
+
 def _stacked_time_conv(x, kernel, strides):
   """Any kernel, meant for the stem on RGB: the kt taps of each output frame stacked as kt·C
   channels, one conv2d on [B·T', H, W, kt·C]."""
@@ -155,10 +163,8 @@ def _stacked_time_conv(x, kernel, strides):
   st, sh, sw = strides
   shape = tf.shape(x)
   b, t, h, w = shape[0], shape[1], shape[2], shape[3]
-  # TF's "same" along time: ceil(t / st) outputs, the odd padding frame at the end.
-  t_out = (t + st - 1) // st
-  pad = tf.maximum((t_out - 1) * st + kt - t, 0)
-  x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [0, 0], [0, 0], [0, 0]])
+  t_out, before, after = _same_padding(t, kt, st)
+  x = tf.pad(x, [[0, 0], [before, after], [0, 0], [0, 0], [0, 0]])
   # One gather + transpose: kt strided slices of the 5-D clip cost 4× more on CPU.
   taps = tf.reshape(tf.range(t_out)[:, None] * st + tf.range(kt), [-1])  # [T'·kt]
   stacked = tf.reshape(tf.gather(x, taps, axis=1), [b, t_out, kt, h, w, c])
@@ -185,10 +191,8 @@ def _patches(x, kernel_size, strides):
   shape = tf.shape(x)
   paddings, out_sizes = [[0, 0]], []
   for axis, (k, s) in enumerate(zip(kernel_size, strides), start=1):
-    size = shape[axis]
-    out_size = (size + s - 1) // s
-    total = tf.maximum((out_size - 1) * s + k - size, 0)  # TF's "same": the odd one at the end
-    paddings.append([total // 2, total - total // 2])
+    out_size, before, after = _same_padding(shape[axis], k, s)
+    paddings.append([before, after])
     out_sizes.append(out_size)
   padded = tf.pad(x, paddings + [[0, 0]])
   taps = []
@@ -229,6 +233,7 @@ def _conv3d_patch_kernel_grad(x, kernel, strides):
 # Thresholds of choose_implementation, measured (its docstring).
 _FOLD_SPATIAL_MAX_CHANNELS = 512  # 1×k×k as conv2d below this many input channels
 _STACK_TIME_MAX_CHANNELS = 4  # the stem's stacked-frames conv2d up to this many (RGB)
+_ONEDNN_SUBSAMPLE_MIN_CHANNELS = 1024  # strided 1×1×1 as subsample + matmul from this many
 _PATCH_GRAD_POSITIONS_PER_KERNEL = 1 / 500  # patch kernel gradient while positions / (C·F) < this
 
 IMPLEMENTATIONS = {
@@ -293,7 +298,9 @@ def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
     return "matmul"
   if onednn:
     if pointwise:
-      return "spatial_conv2d" if st == 1 and in_channels < 1024 else "matmul"
+      if st == 1 and in_channels < _ONEDNN_SUBSAMPLE_MIN_CHANNELS:
+        return "spatial_conv2d"
+      return "matmul"
     if kt == 1 and st == 1 and in_channels < _FOLD_SPATIAL_MAX_CHANNELS:
       return "spatial_conv2d"
     if (unit_stride and output_positions is not None
