@@ -31,6 +31,7 @@ from cvrl_tf import losses
 from cvrl_tf import pretrain
 from cvrl_tf import runtime
 from cvrl_tf import schema
+from cvrl_tf import storage
 
 SUBSET_FILE = "label_subset.json"
 
@@ -89,7 +90,7 @@ def load_or_choose_subset(workdir: str, train_pattern: str, eval_pattern: str, f
   record = {"fraction": fraction, "seed": seed, "num_videos": len(subset),
             "of_videos": len(video_labels),
             "per_class": {str(k): v for k, v in sorted(per_class.items())}, "videos": subset}
-  schema.atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+  storage.atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
   log(f"training subset: {len(subset)} of {len(video_labels)} videos, written to {path}")
   return subset
 

@@ -134,7 +134,7 @@ def table(summary: dict) -> str:
 
 def main(argv):
   del argv
-  from cvrl_tf import schema
+  from cvrl_tf import storage
 
   wall = (round(time.time() - FLAGS.started_at, 1) if FLAGS.started_at is not None else None)
   curves = read_scalars(os.path.join(FLAGS.demo_out, "pretrain", "summaries", "train"))
@@ -142,7 +142,7 @@ def main(argv):
   if FLAGS.export_check and os.path.exists(FLAGS.export_check):
     with open(FLAGS.export_check, encoding="utf-8") as f:
       summary["export_check"] = json.load(f)
-  schema.atomic_write_bytes(os.path.join(FLAGS.demo_out, "summary.json"),
+  storage.atomic_write_bytes(os.path.join(FLAGS.demo_out, "summary.json"),
                             (json.dumps(summary, indent=2) + "\n").encode())
   plot(curves, summary, os.path.join(FLAGS.demo_out, "summary.png"))
   print(f"\n{table(summary)}\n")

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl_tf import schema
+from cvrl_tf import storage
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -214,7 +215,7 @@ def write_report(workdir: str, metrics: dict, names: Sequence[str], max_plot_cla
   if history is not None:
     record["history"] = history
   path = os.path.join(workdir, file_name)
-  schema.atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+  storage.atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
   if len(names) <= max_plot_classes:
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), names,
                           os.path.join(workdir, os.path.splitext(file_name)[0].replace(

@@ -64,6 +64,7 @@ from cvrl_tf import input_pipeline
 from cvrl_tf import pretrain
 from cvrl_tf import resnet3d
 from cvrl_tf import schema
+from cvrl_tf import storage
 
 FORMAT = "cvrl_tf.saved_model.v1"
 CONFIG_ASSET = "config.json"
@@ -388,7 +389,7 @@ class FeatureExtractor(tf.__internal__.tracking.AutoTrackable):
 
 def _check_target(export_dir: str, overwrite: bool) -> None:
   try:
-    contents = schema.directory_contents(export_dir)
+    contents = storage.directory_contents(export_dir)
   except NotADirectoryError:
     raise ExportError(f"--export_dir={export_dir!r} exists and is not a directory") from None
   if contents and not overwrite:
@@ -415,7 +416,7 @@ def write_saved_model(extractor: FeatureExtractor, export_dir: str, overwrite: b
   try:
     tf.saved_model.save(extractor, temporary, signatures=extractor.signatures())
     _check_target(export_dir, overwrite)  # again: another process may have written meanwhile
-    schema.replace_directory(temporary, export_dir)
+    storage.replace_directory(temporary, export_dir)
   except BaseException:
     shutil.rmtree(temporary, ignore_errors=True)
     raise

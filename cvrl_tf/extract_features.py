@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from cvrl_tf import input_pipeline
 from cvrl_tf import schema
+from cvrl_tf import storage
 
 SIGNATURE = "serve_examples"
 
@@ -97,7 +98,7 @@ def write_npz(path: str, arrays: dict, overwrite: bool = False) -> None:
     raise FileExistsError(f"--output={path!r} already exists; pass --overwrite to replace it")
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  schema.atomic_write_bytes(path, buffer.getvalue())
+  storage.atomic_write_bytes(path, buffer.getvalue())
 
 
 def _define_flags() -> None:

@@ -42,6 +42,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from cvrl_tf import schema
+from cvrl_tf import storage
 
 # Residual blocks per stage (res2, res3, res4, res5).
 BLOCKS = {
@@ -1000,7 +1001,7 @@ def save_backbone_checkpoint(backbone: ResNet3D, output_dir: str, *, overwrite: 
   """
   output_dir = os.path.abspath(output_dir)
   try:
-    contents = schema.directory_contents(output_dir)
+    contents = storage.directory_contents(output_dir)
   except NotADirectoryError:
     raise FileExistsError(f"{output_dir!r} exists and is not a directory") from None
   if contents and not overwrite:
@@ -1025,7 +1026,7 @@ def save_backbone_checkpoint(backbone: ResNet3D, output_dir: str, *, overwrite: 
     with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
       json.dump({"format": CHECKPOINT_FORMAT, "class": "ResNet3D",
                  "config": backbone.get_config(), "source": source}, f, indent=1)
-    schema.replace_directory(tmp, output_dir)
+    storage.replace_directory(tmp, output_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

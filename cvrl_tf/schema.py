@@ -18,14 +18,11 @@ reference release (TF Model Garden `video_ssl`) and DMVR-based readers expect:
                  image/format           bytes, b"jpeg"
 """
 
-import json
-import os
-import shutil
-import tempfile
-import uuid
 from typing import Optional, Sequence
 
 import tensorflow as tf
+
+from cvrl_tf import storage
 
 IMAGE_KEY = "image/encoded"
 LABEL_INDEX_KEY = "clip/label/index"
@@ -171,54 +168,6 @@ def parse_video(serialized: tf.Tensor) -> dict:
   }
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` to `path` so that readers see the old file or the whole new one, never a part."""
-  directory = os.path.dirname(os.path.abspath(path))
-  # The pid in the name lets a later run tell a dead writer's leftover from a live one's file.
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.{os.getpid()}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def directory_contents(path: str) -> Optional[list]:
-  """What a directory about to be replaced holds: None when `path` is absent or an empty
-  directory (free to write), else its first five entries, sorted.
-
-  Raises:
-    NotADirectoryError naming `path` when it exists and is not a directory.
-  """
-  if not os.path.exists(path):
-    return None
-  if not os.path.isdir(path):
-    raise NotADirectoryError(f"{path!r} exists and is not a directory")
-  return sorted(os.listdir(path))[:5] or None
-
-
-def replace_directory(temporary: str, target: str) -> None:
-  """Moves the finished directory `temporary` to `target`, replacing what is there.
-
-  Both must be on one file system (make `temporary` a sibling). An old `target` is renamed aside
-  first and deleted last, so `target` is always either the old or the new complete directory.
-  """
-  if os.path.exists(target):
-    parent, name = os.path.split(os.path.abspath(target))
-    old = os.path.join(parent, f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.rename(target, old)
-    os.rename(temporary, target)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.rename(temporary, target)
-
-
 def build_label_map(labels) -> list:
   """Sorted unique labels: the same indices whatever order or split the labels came from."""
   return sorted(set(labels))
@@ -236,9 +185,8 @@ def format_label_map(label_map: Sequence[str]) -> str:
 
 def read_label_map(path: str) -> list:
   """Reads label_map.txt written by `format_label_map` (blank lines are refused, not skipped)."""
-  with open(path, encoding="utf-8", newline="") as f:
-    # "\n" only: str.splitlines() also splits on \x0b, \x85, \u2028..., which may sit in a label.
-    lines = f.read().split("\n")
+  # "\n" only: str.splitlines() also splits on \x0b, \x85, \u2028..., which may sit in a label.
+  lines = storage.read_bytes(path).decode("utf-8").split("\n")
   if lines and lines[-1] == "":
     lines.pop()
   lines = [line[:-1] if line.endswith("\r") else line for line in lines]
@@ -253,10 +201,9 @@ def read_label_map(path: str) -> list:
 
 def read_dataset_info(directory: str) -> dict:
   """Reads `dataset_info.json` of a built dataset, with an error that says how to make one."""
-  path = os.path.join(directory, DATASET_INFO_FILE)
-  if not os.path.exists(path):
+  path = storage.join(directory, DATASET_INFO_FILE)
+  if not storage.exists(path):
     raise FileNotFoundError(
         f"{path} does not exist: {directory!r} is not a dataset built by "
         "dataset_tools/build_tfrecords.py")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return storage.read_json(path)

@@ -113,7 +113,7 @@ def main(argv):
   from cvrl_tf import pretrain
   from cvrl_tf import resnet3d
   from cvrl_tf import runtime
-  from cvrl_tf import schema
+  from cvrl_tf import storage
 
   try:
     check_resumable(FLAGS.workdir, text)
@@ -130,7 +130,7 @@ def main(argv):
       print(f"experiment {config.name}: kNN (k={config.evaluation.knn_k}) on "
             f"{config.eval_data.reader.file_pattern}; workdir {FLAGS.workdir}", flush=True)
       knn.run(config, FLAGS.workdir, log)
-      schema.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
+      storage.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
       return 0
     print(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
           f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} "
@@ -141,7 +141,7 @@ def main(argv):
       trainer = pretrain.Trainer(config, FLAGS.workdir, strategy, log=log)
     print(trainer.restore(), flush=True)
     if runtime.is_chief(strategy):  # after the restore: config.json describes the checkpoints
-      schema.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
+      storage.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
     if isinstance(trainer, classify.Trainer):
       trainer.prepare()
       trainer.run()

@@ -34,6 +34,7 @@ import tqdm
 
 import cvrl_tf
 from cvrl_tf import schema
+from cvrl_tf import storage
 from dataset_tools.annotations import VideoEntry
 from dataset_tools.video_decode import (DecodedVideo, VideoDecodeError, decode_video,
                                        duration_us_at, timed_decode_video)
@@ -158,7 +159,7 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, obj) -> None:
-  schema.atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+  storage.atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _our_outputs(output_dir: str) -> List[str]:
@@ -432,7 +433,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   remove_stale_temporaries(output_dir)
   os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
   _write_json(_state_path(output_dir, "settings.json"), dataclasses.asdict(settings))
-  schema.atomic_write_bytes(os.path.join(output_dir, schema.LABEL_MAP_FILE),
+  storage.atomic_write_bytes(os.path.join(output_dir, schema.LABEL_MAP_FILE),
                             schema.format_label_map(labels).encode())
   for split, shards in plans.items():
     _write_json(_state_path(output_dir, f"{split}.plan.json"),
@@ -470,7 +471,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   summaries = _load_summaries(output_dir)
   _write_json(os.path.join(output_dir, schema.DATASET_INFO_FILE),
               dataset_info(settings, labels, summaries))
-  schema.atomic_write_bytes(os.path.join(output_dir, schema.FAILURES_FILE),
+  storage.atomic_write_bytes(os.path.join(output_dir, schema.FAILURES_FILE),
                             failures_csv(summaries).encode())
   this_run = [s for split in plans for s in summaries.get(split, [])]
   return BuildReport(

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf import schema
+from cvrl_tf import storage
 
 
 def _jpegs(n, height=8, width=12):
@@ -126,7 +127,7 @@ def test_label_map_format_and_errors(tmp_path):
 
 def test_atomic_write_replaces_whole_file(tmp_path):
   path = tmp_path / "f.txt"
-  schema.atomic_write_bytes(str(path), b"one")
-  schema.atomic_write_bytes(str(path), b"two")
+  storage.atomic_write_bytes(str(path), b"one")
+  storage.atomic_write_bytes(str(path), b"two")
   assert path.read_bytes() == b"two"
   assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
