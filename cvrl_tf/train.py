@@ -22,6 +22,7 @@ train.strategy says otherwise.
 import json
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -110,6 +111,7 @@ def main(argv):
   import tensorflow as tf
   from cvrl_tf import classify
   from cvrl_tf import knn
+  from cvrl_tf import preflight
   from cvrl_tf import pretrain
   from cvrl_tf import resnet3d
   from cvrl_tf import runtime
@@ -123,14 +125,21 @@ def main(argv):
   strategy = runtime.make_strategy(config.train.strategy, config.train.tpu)
   runtime.set_precision(config.train.mixed_precision)
   runtime.set_determinism(config.train.seed, config.train.deterministic)
-  os.makedirs(FLAGS.workdir, exist_ok=True)
   log = lambda line: print(line, flush=True)
+  started = time.monotonic()
+  try:  # before the workdir exists: a wrong input leaves nothing behind
+    preflight.check_run(config, FLAGS.workdir, log)
+  except (preflight.PreflightError, cfg.ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  log(f"inputs checked in {time.monotonic() - started:.1f} s")
   try:
     if isinstance(config, cfg.KnnExperimentConfig):
       print(f"experiment {config.name}: kNN (k={config.evaluation.knn_k}) on "
             f"{config.eval_data.reader.file_pattern}; workdir {FLAGS.workdir}", flush=True)
       knn.run(config, FLAGS.workdir, log)
-      storage.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
+      if runtime.is_chief(strategy):
+        storage.atomic_write_text(storage.join(FLAGS.workdir, "config.json"), text)
       return 0
     print(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
           f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} "
@@ -141,7 +150,7 @@ def main(argv):
       trainer = pretrain.Trainer(config, FLAGS.workdir, strategy, log=log)
     print(trainer.restore(), flush=True)
     if runtime.is_chief(strategy):  # after the restore: config.json describes the checkpoints
-      storage.atomic_write_bytes(os.path.join(FLAGS.workdir, "config.json"), text.encode())
+      storage.atomic_write_text(storage.join(FLAGS.workdir, "config.json"), text)
     if isinstance(trainer, classify.Trainer):
       trainer.prepare()
       trainer.run()

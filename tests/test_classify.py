@@ -161,19 +161,21 @@ def test_knn_of_the_demo_pretraining(data, pretrained, tmp_path):
 
 def test_evaluation_refuses_a_backbone_that_did_not_load(data, pretrained, tmp_path):
   # No checkpoint at all: refused unless the random baseline is asked for explicitly.
+  # All refused by the checks before training (cvrl_tf.preflight): exit 2, no workdir made.
   result = _run("demo_linear_eval", str(tmp_path / "none"), *_eval_args(data), check=False)
-  assert result.returncode == 1 and "train.init_checkpoint is empty" in result.stderr
+  assert result.returncode == 2 and "train.init_checkpoint is empty" in result.stderr
   # A checkpoint of another architecture: the error names it and the first mismatch.
   result = _run("demo_linear_eval", str(tmp_path / "wide"),
                 f"--init_checkpoint={os.path.join(pretrained, 'checkpoints')}",
                 "--config=model.stage_filters=16,32,64,256", *_eval_args(data), check=False)
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "matches this backbone neither" in result.stderr and pretrained in result.stderr
   # A path that is not there.
   result = _run("demo_knn", str(tmp_path / "missing"), "--init_checkpoint=/no/such/ckpt",
                 f"--config=bank_data.reader.file_pattern={data['train']}",
                 f"--config=eval_data.reader.file_pattern={data['val']}", check=False)
-  assert result.returncode == 1 and "/no/such/ckpt" in result.stderr
+  assert result.returncode == 2 and "/no/such/ckpt" in result.stderr
+  assert not any((tmp_path / name).exists() for name in ("none", "wide", "missing"))
 
 
 def test_labels_outside_the_classifier_fail_naming_the_video(data, tmp_path):
@@ -183,9 +185,10 @@ def test_labels_outside_the_classifier_fail_naming_the_video(data, tmp_path):
   result = _run("demo_knn", str(tmp_path / "map"), *args,
                 f"--config=bank_data.reader.file_pattern={data['train']}",
                 f"--config=eval_data.reader.file_pattern={data['val']}", check=False)
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "names 8 classes but evaluation.num_classes is 4" in result.stderr
-  # Without a label map, the first record whose label has no logit names its video.
+  # Without a label map, the first record whose label has no logit names its video (a small
+  # split has every label read before anything runs).
   bare = tmp_path / "bare"
   bare.mkdir()
   for path in data["root"].glob("*.tfrecord"):
@@ -193,5 +196,6 @@ def test_labels_outside_the_classifier_fail_naming_the_video(data, tmp_path):
   result = _run("demo_knn", str(tmp_path / "labels"), *args,
                 f"--config=bank_data.reader.file_pattern={bare / 'train-*'}",
                 f"--config=eval_data.reader.file_pattern={bare / 'val-*'}", check=False)
-  assert result.returncode == 1
-  assert "label out of range" in result.stderr and "train_4_" in result.stderr
+  assert result.returncode == 2
+  assert "outside [0, evaluation.num_classes=4)" in result.stderr and "train_4_" in result.stderr
+  assert not (tmp_path / "labels").exists()
