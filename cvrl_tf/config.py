@@ -17,15 +17,15 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import os
 import sys
 import typing
 from typing import Iterable, Literal, Optional, Tuple
 
 from cvrl_tf import input_pipeline
 from cvrl_tf import schedules
+from cvrl_tf import storage
 
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+EXPERIMENTS_DIR = storage.join(storage.dirname(storage.dirname(storage.absolute(__file__))),
                                "experiments")
 
 
@@ -401,17 +401,20 @@ def apply_overrides(config, overrides: Iterable[str]):
 
 
 def available_experiments() -> list:
-  return sorted(name[:-3] for name in os.listdir(EXPERIMENTS_DIR)
+  return sorted(name[:-3] for name in storage.listdir(EXPERIMENTS_DIR)
                 if name.endswith(".py") and not name.startswith("_"))
 
 
 def _experiment_path(name_or_path: str) -> str:
-  if name_or_path.endswith(".py") or os.sep in name_or_path:
-    if not os.path.isfile(name_or_path):
+  if name_or_path.endswith(".py") or "/" in name_or_path:
+    if not storage.is_local(name_or_path):  # Python imports it: it must be on this machine
+      raise ConfigError(f"experiment file {name_or_path!r} is not on a local disk; copy it here "
+                        "(experiment files are Python modules)")
+    if not storage.isfile(name_or_path):
       raise ConfigError(f"experiment file {name_or_path!r} does not exist")
     return name_or_path
-  path = os.path.join(EXPERIMENTS_DIR, name_or_path + ".py")
-  if not os.path.isfile(path):
+  path = storage.join(EXPERIMENTS_DIR, name_or_path + ".py")
+  if not storage.isfile(path):
     raise ConfigError(f"unknown experiment {name_or_path!r}; available: "
                       f"{', '.join(available_experiments())} (or a path to an experiment file)")
   return path
@@ -430,9 +433,9 @@ def load_experiment(name_or_path: str, overrides: Iterable[str] = ()):
   """Loads experiments/NAME.py (or a file path), applies overrides, validates."""
   path = _experiment_path(name_or_path)
   spec = importlib.util.spec_from_file_location(
-      "cvrl_experiment_" + os.path.splitext(os.path.basename(path))[0], path)
+      "cvrl_experiment_" + storage.splitext(storage.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
-  with _importable(os.path.dirname(os.path.abspath(path))):  # experiments import each other
+  with _importable(storage.dirname(storage.absolute(path))):  # experiments import each other
     spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} has no get_config() function")
@@ -441,7 +444,7 @@ def load_experiment(name_or_path: str, overrides: Iterable[str] = ()):
     raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not one of "
                       f"{', '.join(kind.__name__ for kind in ANY_EXPERIMENT)}")
   if not config.name:
-    config = dataclasses.replace(config, name=os.path.splitext(os.path.basename(path))[0])
+    config = dataclasses.replace(config, name=storage.splitext(storage.basename(path))[0])
   return validate(apply_overrides(config, overrides))
 
 
@@ -494,9 +497,8 @@ def from_dict(data: dict):
 
 def read_workdir_config(workdir: str):
   """The config a run wrote to <workdir>/config.json."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} does not exist: is {workdir!r} the --workdir of a "
                             "cvrl_tf.train run?")
-  with open(path, encoding="utf-8") as f:
-    return from_dict(json.load(f))
+  return from_dict(storage.read_json(path))
