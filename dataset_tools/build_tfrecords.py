@@ -5,16 +5,24 @@ Kinetics (annotation CSVs + downloaded clips, flat per split or in per-label fol
       --csv=kinetics400/train.csv,kinetics400/validate.csv \
       --video_dir=kinetics400/videos --output_dir=/data/k400_tfrecords
 
-A folder per class (UCF-101, HMDB-51, your own):
-  python dataset_tools/build_tfrecords.py --class_dirs=UCF-101 --split=train \
-      --output_dir=/data/ucf101_tfrecords
+UCF-101 / HMDB-51 from their official split files: `train` and `test` shards of one split, with
+the official label order (UCF: classInd.txt; HMDB: sorted class names):
+  python dataset_tools/build_tfrecords.py --ucf101_splits=ucfTrainTestlist --split_id=1 \
+      --video_dir=UCF-101 --output_dir=/data/ucf101_split1
+  python dataset_tools/build_tfrecords.py --hmdb51_splits=testTrainMulti_7030_splits \
+      --split_id=1 --video_dir=hmdb51_org --output_dir=/data/hmdb51_split1
 
-A list of files (`path,label[,split]` rows, paths relative to --video_dir or the list's folder):
-  python dataset_tools/build_tfrecords.py --file_list=ucf101_split1.csv --output_dir=...
+A folder per class (your own), one split:
+  python dataset_tools/build_tfrecords.py --class_dirs=my_videos --split=train --output_dir=...
+
+A list of files (`path,label[,split]` rows; relative paths resolve against --video_dir, else the
+list's folder; absolute paths are fine without --video_dir, e.g. a list made by `find`):
+  python dataset_tools/build_tfrecords.py --file_list=my_list.csv --output_dir=...
 
 Writes `{split}-{i:05d}-of-{n:05d}.tfrecord`, `label_map.txt`, `dataset_info.json` and
 `failures.csv` into --output_dir. Re-running the same command resumes where it stopped.
-Add --dry_run first to see what the build will cost.
+Add --dry_run first to see what the build will cost. Every input and output may be local or on
+any file system of tf.io.gfile (`gs://bucket/...`); `--num_workers=0` decodes in this process.
 """
 
 import csv
@@ -22,20 +30,33 @@ import os
 import sys
 
 # Run as a script, the repository root is not on sys.path; the package may not be installed.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # local-only: ours
 
 from absl import app
 from absl import flags
 
-from dataset_tools import annotations
+# Nothing that imports TensorFlow at the top (annotations, builder, cvrl_tf): the decode workers
+# are spawned processes that re-import this script, and must not load it (seconds and hundreds of
+# MB per worker). main() imports them.
 
+MODES = ("csv", "class_dirs", "file_list", "ucf101_splits", "hmdb51_splits")
 FLAGS = flags.FLAGS
 flags.DEFINE_list("csv", None, "Kinetics annotation CSV(s): label,youtube_id,time_start,"
                   "time_end,split[,is_cc]; needs --video_dir.")
-flags.DEFINE_string("video_dir", None, "Root of the downloaded clips (--csv), or of the paths in "
-                    "--file_list (default: the list's folder). Searched recursively.")
+flags.DEFINE_string("video_dir", None, "Root of the downloaded clips (--csv, searched "
+                    "recursively), of the videos of --ucf101_splits / --hmdb51_splits, or of "
+                    "the relative paths in --file_list (default: the list's folder).")
 flags.DEFINE_string("class_dirs", None, "A folder of label folders: DIR/<label>/<video>.")
-flags.DEFINE_string("file_list", None, "CSV of path,label[,split] rows (optional header).")
+flags.DEFINE_string("file_list", None, "CSV of path,label[,split] rows (optional header); "
+                    "absolute paths are accepted when --video_dir is not given.")
+flags.DEFINE_string("ucf101_splits", None, "UCF-101's official split folder (ucfTrainTestlist: "
+                    "classInd.txt, trainlist0N.txt, testlist0N.txt); builds train and test of "
+                    "--split_id; needs --video_dir (the UCF-101 folder of class folders).")
+flags.DEFINE_string("hmdb51_splits", None, "HMDB-51's official split folder "
+                    "(testTrainMulti_7030_splits: <class>_test_splitN.txt); builds train and test "
+                    "of --split_id; needs --video_dir (the folder of class folders).")
+flags.DEFINE_integer("split_id", 1, "Which official split of --ucf101_splits / --hmdb51_splits "
+                     "(1, 2 or 3).")
 flags.DEFINE_string("split", "train", "Split name for --class_dirs, and for --file_list rows "
                     "without a split.")
 flags.DEFINE_string("output_dir", None, "Where shards, label_map.txt, dataset_info.json and "
@@ -45,7 +66,8 @@ flags.DEFINE_integer("short_side", 256, "Stored short side in pixels (0 keeps th
 flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality, 1..100.")
 flags.DEFINE_integer("num_shards", None, "Shards per split (default: ~150 MB per shard, "
                      "estimated from the clip durations).")
-flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores).")
+flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores); 0 decodes "
+                     "in this process, without --timeout_s.")
 flags.DEFINE_string("label_map", None, "Reuse this label_map.txt (one label per line) instead "
                     "of building one from the training labels.")
 flags.DEFINE_float("timeout_s", 300.0, "Give up on a video whose decoding takes longer "
@@ -57,28 +79,48 @@ flags.DEFINE_bool("dry_run", False, "Decode a sample, estimate output size and t
                   "nothing.")
 
 
-def _read_entries():
-  modes = [name for name in ("csv", "class_dirs", "file_list") if FLAGS[name].value]
+def _input_mode() -> str:
+  """The one input flag given (before anything is read, so that a typo fails at once)."""
+  modes = [name for name in MODES if FLAGS[name].value]
   if len(modes) != 1:
-    raise app.UsageError(f"give exactly one of --csv, --class_dirs, --file_list (got "
+    raise app.UsageError(f"give exactly one of {', '.join('--' + m for m in MODES)} (got "
                          f"{', '.join('--' + m for m in modes) or 'none'})")
-  if FLAGS.csv:
-    if not FLAGS.video_dir:
-      raise app.UsageError("--csv needs --video_dir, the folder holding the downloaded clips")
+  mode = modes[0]
+  if mode in ("csv", "ucf101_splits", "hmdb51_splits") and not FLAGS.video_dir:
+    raise app.UsageError(f"--{mode} needs --video_dir, the folder holding the videos")
+  if mode in ("ucf101_splits", "hmdb51_splits") and FLAGS.label_map:
+    raise app.UsageError(f"--{mode} takes the official label order from the split files; "
+                         "drop --label_map")
+  if FLAGS.num_workers is not None and FLAGS.num_workers < 0:
+    raise app.UsageError(f"--num_workers must be >= 0 (0: decode in this process), got "
+                         f"{FLAGS.num_workers}")
+  return mode
+
+
+def _read_entries(mode: str):
+  """(entries, label map or None) from the input flags."""
+  from cvrl_tf import storage
+  from dataset_tools import annotations
+
+  label_map = None
+  if mode == "csv":
     for path in FLAGS.csv:
-      if not os.path.isfile(path):
+      if not storage.isfile(path):
         raise app.UsageError(f"--csv: {path!r} is not a file")
     index = annotations.index_videos(FLAGS.video_dir)
     entries = [e for path in FLAGS.csv
                for e in annotations.read_kinetics_csv(path, FLAGS.video_dir, index)]
-  elif FLAGS.class_dirs:
+  elif mode == "class_dirs":
     entries = annotations.read_class_dirs(FLAGS.class_dirs, FLAGS.split)
-  else:
-    if not os.path.isfile(FLAGS.file_list):
+  elif mode == "file_list":
+    if not storage.isfile(FLAGS.file_list):
       raise app.UsageError(f"--file_list: {FLAGS.file_list!r} is not a file")
-    root = FLAGS.video_dir or os.path.dirname(os.path.abspath(FLAGS.file_list))
-    entries = annotations.read_file_list(FLAGS.file_list, root, FLAGS.split)
-  return annotations.mark_duplicates(entries)
+    entries = annotations.read_file_list(FLAGS.file_list, FLAGS.video_dir, FLAGS.split)
+  else:
+    read = (annotations.read_ucf101_splits if mode == "ucf101_splits"
+            else annotations.read_hmdb51_splits)
+    entries, label_map = read(FLAGS[mode].value, FLAGS.video_dir, FLAGS.split_id)
+  return annotations.mark_duplicates(entries), label_map
 
 
 def _size(num_bytes: float) -> str:
@@ -97,7 +139,8 @@ def _print_dry_run(estimate: dict, num_workers: int) -> None:
   print(f"size per video          {_size(estimate['mean_bytes_per_video'])}")
   print(f"estimated output        {_size(estimate['estimated_total_bytes'])}")
   hours = estimate["estimated_seconds"] / 3600
-  print(f"estimated time          {hours:.2f} h with {num_workers} worker(s)")
+  workers = f"{num_workers} worker(s)" if num_workers else "this process (--num_workers=0)"
+  print(f"estimated time          {hours:.2f} h with {workers}")
 
 
 def _print_summary(report, output_dir: str) -> None:
@@ -115,8 +158,12 @@ def _print_summary(report, output_dir: str) -> None:
   if report.videos_decoded:
     print(f"decoded {report.videos_decoded} videos in {report.seconds:.1f} s "
           f"({report.videos_decoded / max(report.seconds, 1e-9):.1f} videos/s)")
-  print(f"outputs in {output_dir}; failures listed in "
-        f"{os.path.join(output_dir, 'failures.csv')}")
+  print(f"outputs in {output_dir}; failures listed in {output_dir.rstrip('/')}/failures.csv")
+
+
+def _message(error: Exception) -> str:
+  # A tf.errors.OpError's str() starts with the op's traceback; its `message` is the sentence.
+  return getattr(error, "message", None) or str(error)
 
 
 def main(argv):
@@ -124,23 +171,26 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.output_dir and not FLAGS.dry_run:
     raise app.UsageError("--output_dir is required")
-  try:
-    entries = _read_entries()
-  except (ValueError, OSError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
-    print(f"error: reading the inputs: {e}", file=sys.stderr)
-    return 2
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only writes TFRecords here
-  # Imported here, not at the top: the decode workers are spawned processes that re-import this
-  # script, and must not load TensorFlow (seconds and hundreds of MB per worker).
+  mode = _input_mode()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads and writes files here
+  import tensorflow as tf
   from cvrl_tf import schema
   from dataset_tools import builder
 
+  try:
+    entries, label_map = _read_entries(mode)
+  except (ValueError, OSError, csv.Error, tf.errors.OpError) as e:  # UnicodeDecodeError: ValueError
+    print(f"error: reading the inputs: {_message(e)}", file=sys.stderr)
+    return 2
   settings = builder.BuildSettings(fps=FLAGS.fps, short_side=FLAGS.short_side,
                                    jpeg_quality=FLAGS.jpeg_quality)
-  num_workers = FLAGS.num_workers or (len(os.sched_getaffinity(0))
-                                      if hasattr(os, "sched_getaffinity") else os.cpu_count())
+  num_workers = FLAGS.num_workers
+  if num_workers is None:
+    num_workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count())
   try:
-    label_map = schema.read_label_map(FLAGS.label_map) if FLAGS.label_map else None
+    if FLAGS.label_map:
+      label_map = schema.read_label_map(FLAGS.label_map)
     if FLAGS.dry_run:
       estimate = builder.dry_run(entries, settings, num_workers=num_workers,
                                  timeout_s=FLAGS.timeout_s)
@@ -150,8 +200,9 @@ def main(argv):
         entries, FLAGS.output_dir, settings, num_shards=FLAGS.num_shards,
         num_workers=num_workers, timeout_s=FLAGS.timeout_s, label_map=label_map,
         overwrite=FLAGS.overwrite)
-  except (builder.BuildError, ValueError, OSError) as e:  # OSError: permissions, a full disk
-    print(f"error: {e}", file=sys.stderr)
+  # OSError: permissions, a full disk; OpError: the same from tf.io.gfile (gs://, s3://).
+  except (builder.BuildError, ValueError, OSError, tf.errors.OpError) as e:
+    print(f"error: {_message(e)}", file=sys.stderr)
     return 2
   _print_summary(report, FLAGS.output_dir)
   if report.failure_fraction > FLAGS.max_failure_fraction:

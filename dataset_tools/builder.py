@@ -4,17 +4,21 @@
    even when the annotations are sorted by label) and cut into `num_shards` contiguous chunks.
    The plan depends only on the inputs and flags, never on timing or worker count.
 2) Decode: PyAV in `num_workers` spawned processes (pebble kills a worker whose video overruns
-   `timeout_s`); results are consumed in plan order, so the bytes are the same whatever finishes
-   first.
+   `timeout_s`), or in this process when `num_workers` is 0 (no timeout then: nothing can stop a
+   stuck decode; the way to read `ram://` videos, which exist in this process only). Results are
+   consumed in plan order, so the bytes are the same whatever finishes first.
 3) Write: each shard goes to a hidden temporary file and is renamed when complete, after its
    summary (counts, failures) was saved under `.build_state/`. A re-run skips every shard whose
    file and summary exist; a killed run leaves at worst a temporary file, rebuilt next time.
+
+Inputs and outputs go through `cvrl_tf.storage`, so `--output_dir=gs://...` works like a local
+folder; on an object store a shard's rename is a server-side copy (all-or-nothing still: the
+shard appears complete or not at all).
 """
 
 import concurrent.futures
 import csv
 import dataclasses
-import glob
 import hashlib
 import io
 import json
@@ -23,7 +27,6 @@ import multiprocessing
 import os
 import random
 import re
-import shutil
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
@@ -150,35 +153,28 @@ def _plan_fingerprint(shards: Sequence[ShardPlan]) -> str:
 
 
 def _state_path(output_dir: str, name: str) -> str:
-  return os.path.join(output_dir, STATE_DIR, name)
-
-
-def _read_json(path: str):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return storage.join(output_dir, STATE_DIR, name)
 
 
 def _write_json(path: str, obj) -> None:
-  storage.atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+  storage.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _our_outputs(output_dir: str) -> List[str]:
   names = [schema.LABEL_MAP_FILE, schema.DATASET_INFO_FILE, schema.FAILURES_FILE, STATE_DIR]
-  paths = [os.path.join(output_dir, n) for n in names]
-  paths += glob.glob(os.path.join(output_dir, "*-?????-of-?????.tfrecord"))
-  paths += glob.glob(os.path.join(output_dir, ".*-?????-of-?????.tfrecord.*.tmp"))
-  for name in names[:3]:  # atomic_write_bytes leftovers of a killed run
-    paths += glob.glob(os.path.join(output_dir, f".{name}.*.tmp"))
-  return sorted(p for p in paths if os.path.lexists(p))
+  paths = [storage.join(output_dir, n) for n in names]
+  paths = [p for p in paths if storage.exists(p)]
+  paths += storage.glob(storage.join(output_dir, "*-?????-of-?????.tfrecord"))
+  paths += storage.glob(storage.join(output_dir, ".*-?????-of-?????.tfrecord.*.tmp"))
+  for name in names[:3]:  # atomic_write leftovers of a killed run
+    paths += storage.glob(storage.join(output_dir, f".{name}.*.tmp"))
+  return sorted(paths)
 
 
 def remove_outputs(output_dir: str) -> None:
   """--overwrite: removes the builder's own files only; anything else in the folder stays."""
   for path in _our_outputs(output_dir):
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    else:
-      os.remove(path)
+    storage.remove(path)
 
 
 def check_output_dir(output_dir: str, settings: BuildSettings, label_map: Sequence[str],
@@ -191,28 +187,29 @@ def check_output_dir(output_dir: str, settings: BuildSettings, label_map: Sequen
   hint = "pass --overwrite to replace it, or choose another --output_dir"
   settings_path = _state_path(output_dir, "settings.json")
   ours = _our_outputs(output_dir)
-  if ours and not os.path.exists(settings_path):
-    raise BuildError(f"{output_dir} already holds {os.path.basename(ours[0])} from another "
+  if ours and not storage.exists(settings_path):
+    raise BuildError(f"{output_dir} already holds {storage.basename(ours[0])} from another "
                      f"build or tool; {hint}")
-  if os.path.exists(settings_path):
-    stored = _read_json(settings_path)
+  if storage.exists(settings_path):
+    stored = storage.read_json(settings_path)
     if stored != dataclasses.asdict(settings):
       raise BuildError(f"{output_dir} was built with {stored}, not {dataclasses.asdict(settings)}; "
                        f"{hint}")
-  label_path = os.path.join(output_dir, schema.LABEL_MAP_FILE)
-  if os.path.exists(label_path) and schema.read_label_map(label_path) != list(label_map):
+  label_path = storage.join(output_dir, schema.LABEL_MAP_FILE)
+  if storage.exists(label_path) and schema.read_label_map(label_path) != list(label_map):
     raise BuildError(f"{label_path} differs from this build's label map; reuse it with "
                      f"--label_map={label_path}, or {hint}")
   for split, shards in plans.items():
     plan_path = _state_path(output_dir, f"{split}.plan.json")
-    if os.path.exists(plan_path):
-      if _read_json(plan_path)["fingerprint"] != _plan_fingerprint(shards):
+    if storage.exists(plan_path):
+      if storage.read_json(plan_path)["fingerprint"] != _plan_fingerprint(shards):
         raise BuildError(f"split {split!r} in {output_dir} was built from other videos or with "
                          f"another --num_shards; {hint}")
     else:
-      stray = glob.glob(os.path.join(output_dir, glob.escape(split) + "-?????-of-?????.tfrecord"))
+      # Split names are [A-Za-z0-9_.]: nothing to escape in the pattern.
+      stray = storage.glob(storage.join(output_dir, split + "-?????-of-?????.tfrecord"))
       if stray:
-        raise BuildError(f"{output_dir} already holds {os.path.basename(stray[0])}; {hint}")
+        raise BuildError(f"{output_dir} already holds {storage.basename(stray[0])}; {hint}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -225,27 +222,43 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-_TEMPORARY = re.compile(r"^\..+\.(\d+)(\.[A-Za-z0-9_]+)?\.tmp$")  # .{name}.{pid}[.{random}].tmp
+# storage.temporary_name's ".{name}.{pid}.{8 hex digits}.tmp".
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
-  """Deletes the half-written files of builds that were killed (their process is gone)."""
-  for directory in (output_dir, os.path.join(output_dir, STATE_DIR)):
-    if not os.path.isdir(directory):
+  """Deletes the half-written files of builds that were killed (their process is gone).
+
+  The pid is this machine's: run one build of a folder at a time (on an object store a killed
+  writer mostly leaves nothing, as an object appears only when its upload completes).
+  """
+  for directory in (output_dir, storage.join(output_dir, STATE_DIR)):
+    if not storage.isdir(directory):
       continue
-    for name in os.listdir(directory):
+    for name in storage.listdir(directory):
       match = _TEMPORARY.match(name)
       if match and not _pid_alive(int(match.group(1))):
-        os.remove(os.path.join(directory, name))
+        storage.remove(storage.join(directory, name))
 
 
 def _shard_is_complete(output_dir: str, shard: ShardPlan) -> bool:
-  return (os.path.exists(os.path.join(output_dir, shard.name))
-          and os.path.exists(_state_path(output_dir, shard.name + ".json")))
+  return (storage.exists(storage.join(output_dir, shard.name))
+          and storage.exists(_state_path(output_dir, shard.name + ".json")))
+
+
+class _InProcess:
+  """The future of a call made in this process, when its result is asked for."""
+
+  def __init__(self, task, path: str, kwargs: dict):
+    self._call = lambda: task(path, **kwargs)
+
+  def result(self):
+    return self._call()
 
 
 class _Decoder:
-  """Decodes entries in a worker pool, handing results back in submission order."""
+  """Decodes entries in a worker pool (in this process when `num_workers` is 0), handing
+  results back in submission order."""
 
   def __init__(self, settings: BuildSettings, num_workers: int, timeout_s: Optional[float],
                task=decode_video):
@@ -256,12 +269,20 @@ class _Decoder:
     self._timeout = timeout_s if timeout_s and timeout_s > 0 else None
     # spawn: workers must not inherit TensorFlow's threads (the parent writes TFRecords).
     self._pool = pebble.ProcessPool(max_workers=num_workers,
-                                    context=multiprocessing.get_context("spawn"))
-    self._window = 4 * num_workers
+                                    context=multiprocessing.get_context("spawn")
+                                    ) if num_workers else None
+    self._window = max(1, 4 * num_workers)
 
   def close(self) -> None:
-    self._pool.stop()
-    self._pool.join()
+    if self._pool is not None:
+      self._pool.stop()
+      self._pool.join()
+
+  def _submit(self, path: str):
+    if self._pool is None:
+      return _InProcess(self._task, path, self._kwargs)
+    return self._pool.schedule(self._task, args=(path,), kwargs=self._kwargs,
+                               timeout=self._timeout)
 
   def decode_in_order(self, entries: Sequence[VideoEntry]):
     """Yields (entry, DecodedVideo | VideoDecodeError) in the order of `entries`."""
@@ -273,8 +294,7 @@ class _Decoder:
       while next_submit < min(limit, len(entries)):
         entry = entries[next_submit]
         if entry.problem is None:
-          futures[next_submit] = self._pool.schedule(
-              self._task, args=(entry.path,), kwargs=self._kwargs, timeout=self._timeout)
+          futures[next_submit] = self._submit(entry.path)
         next_submit += 1
 
     for i, entry in enumerate(entries):
@@ -315,7 +335,7 @@ def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSetti
   summary = ShardSummary(name=shard.name, split=shard.split)
   # Unique per process: two builds of one folder (a retried job) must not write one file; both
   # produce the same bytes, so whichever rename lands last is right.
-  tmp_path = os.path.join(output_dir, f".{shard.name}.{os.getpid()}.tmp")
+  tmp_path = storage.temporary_name(storage.join(output_dir, shard.name))
   with tf.io.TFRecordWriter(tmp_path) as writer:
     for entry, result in results:
       if isinstance(result, DecodedVideo) and sum(map(len, result.jpegs)) > MAX_VIDEO_BYTES:
@@ -331,9 +351,9 @@ def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSetti
           summary.partial.append([entry.key, result.partial_error])
       if on_video:
         on_video(isinstance(result, VideoDecodeError))
-  summary.bytes = os.path.getsize(tmp_path)
+  summary.bytes = storage.size(tmp_path)
   _write_json(_state_path(output_dir, shard.name + ".json"), dataclasses.asdict(summary))
-  os.replace(tmp_path, os.path.join(output_dir, shard.name))
+  storage.rename(tmp_path, storage.join(output_dir, shard.name), overwrite=True)
   return summary
 
 
@@ -380,10 +400,10 @@ def failures_csv(summaries: Dict[str, List[ShardSummary]]) -> str:
 def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
   """Summaries of every complete shard in `output_dir`, all splits (earlier runs included)."""
   by_split: Dict[str, List[ShardSummary]] = {}
-  for path in sorted(glob.glob(_state_path(output_dir, "*.tfrecord.json"))):
-    name = os.path.basename(path)[:-len(".json")]
-    if os.path.exists(os.path.join(output_dir, name)):
-      summary = ShardSummary(**_read_json(path))
+  for path in storage.glob(_state_path(output_dir, "*.tfrecord.json")):
+    name = storage.basename(path)[:-len(".json")]
+    if storage.exists(storage.join(output_dir, name)):
+      summary = ShardSummary(**storage.read_json(path))
       by_split.setdefault(summary.split, []).append(summary)
   return by_split
 
@@ -402,15 +422,37 @@ class BuildReport:
     return self.failures_this_run / max(1, self.entries_this_run)
 
 
+def _check_workers(entries: Sequence[VideoEntry], num_workers: int) -> None:
+  if num_workers < 0:
+    raise BuildError(f"--num_workers must be >= 0 (0: decode in this process), got {num_workers}")
+  in_memory = next((e.path for e in entries if e.path and e.path.startswith("ram://")), None)
+  if in_memory and num_workers:
+    raise BuildError(f"{in_memory} is on ram://, which lives in this process only: worker "
+                     "processes cannot read it; pass --num_workers=0 to decode in this process")
+
+
 def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
           num_shards: Optional[int], num_workers: int, timeout_s: Optional[float],
           label_map: Optional[Sequence[str]], overwrite: bool, progress: bool = True) -> BuildReport:
-  """Builds (or resumes) the shards of every split in `entries` under `output_dir`."""
+  """Builds (or resumes) the shards of every split in `entries` under `output_dir`.
+
+  Args:
+    entries: every split's videos (from annotations.read_*).
+    output_dir: a local folder or a URL of any file system of tf.io.gfile (gs://, ram://).
+    num_shards: shards per split; None: about TARGET_SHARD_BYTES each.
+    num_workers: decoding processes; 0 decodes in this process (no timeout; `ram://` inputs).
+    timeout_s: per video, in worker processes; None or 0: no limit.
+    label_map: the labels in index order; None: the sorted training labels.
+    overwrite: replace an earlier build in `output_dir` (the builder's files only).
+    progress: show a progress bar on stderr.
+
+  Raises:
+    BuildError naming the problem with the inputs or with what `output_dir` already holds.
+  """
   settings.validate()
   if num_shards is not None and num_shards < 1:
     raise BuildError(f"--num_shards must be >= 1, got {num_shards}")
-  if num_workers < 1:
-    raise BuildError(f"--num_workers must be >= 1, got {num_workers}")
+  _check_workers(entries, num_workers)
   if not entries:
     raise BuildError("the inputs list no videos")
   for split in {e.split for e in entries}:
@@ -426,15 +468,15 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
                                         default_num_shards(group, settings)))
            for split, group in sorted(by_split.items())}
 
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   if overwrite:
     remove_outputs(output_dir)
   check_output_dir(output_dir, settings, labels, plans)
   remove_stale_temporaries(output_dir)
-  os.makedirs(os.path.join(output_dir, STATE_DIR), exist_ok=True)
+  storage.makedirs(storage.join(output_dir, STATE_DIR))
   _write_json(_state_path(output_dir, "settings.json"), dataclasses.asdict(settings))
-  storage.atomic_write_bytes(os.path.join(output_dir, schema.LABEL_MAP_FILE),
-                            schema.format_label_map(labels).encode())
+  storage.atomic_write_text(storage.join(output_dir, schema.LABEL_MAP_FILE),
+                            schema.format_label_map(labels))
   for split, shards in plans.items():
     _write_json(_state_path(output_dir, f"{split}.plan.json"),
                 {"fingerprint": _plan_fingerprint(shards), "num_shards": len(shards)})
@@ -469,10 +511,9 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
       bar.close()
 
   summaries = _load_summaries(output_dir)
-  _write_json(os.path.join(output_dir, schema.DATASET_INFO_FILE),
+  _write_json(storage.join(output_dir, schema.DATASET_INFO_FILE),
               dataset_info(settings, labels, summaries))
-  storage.atomic_write_bytes(os.path.join(output_dir, schema.FAILURES_FILE),
-                            failures_csv(summaries).encode())
+  storage.atomic_write_text(storage.join(output_dir, schema.FAILURES_FILE), failures_csv(summaries))
   this_run = [s for split in plans for s in summaries.get(split, [])]
   return BuildReport(
       summaries=summaries,
@@ -487,6 +528,7 @@ def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_worke
             timeout_s: Optional[float], sample_size: int = 8) -> dict:
   """Decodes an evenly spread sample and extrapolates size and time; writes nothing."""
   settings.validate()
+  _check_workers(entries, num_workers)
   candidates = sorted((e for e in entries if e.problem is None), key=lambda e: (e.split, e.key))
   step = max(1, len(candidates) // max(1, sample_size))
   sample = candidates[::step][:sample_size]

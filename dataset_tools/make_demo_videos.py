@@ -4,7 +4,8 @@ r"""Generates the embedded demo dataset: small labelled H.264 clips laid out lik
 
 writes `train/` and `val/` folders of `{youtube_id}_{start:06d}_{end:06d}.mp4` clips plus
 `train.csv` and `validate.csv` (`label,youtube_id,time_start,time_end,split`), so the demo runs
-the same builder command as Kinetics does.
+the same builder command as Kinetics does. --output_dir may be on any file system of tf.io.gfile
+(`gs://...`): clips are encoded in a local scratch folder and copied.
 
 Every clip shows the same kinds of things — a textured sprite (disc, square or triangle with
 stripes or checks, random colours and size) over the set's one textured background, all colours
@@ -16,16 +17,19 @@ CVRL's pretraining is meant to learn.
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # local-only: ours
 
 import av
 import numpy as np
 from absl import app
 from absl import flags
+
+from cvrl_tf import storage
 
 # Labels carry spaces and parentheses on purpose: Kinetics labels do, and must survive CSV quoting.
 CLASSES = (
@@ -168,9 +172,19 @@ def render_clip(label: int, rng: np.random.Generator, spec: DemoSpec) -> np.ndar
 
 
 def write_h264(path: str, frames: np.ndarray, fps: int) -> None:
-  """Encodes [T, H, W, 3] uint8 frames as an H.264 MP4 (written to a temp name, then renamed)."""
-  tmp = path + ".partial.mp4"
-  with av.open(tmp, "w") as container:
+  """Encodes [T, H, W, 3] uint8 frames as an H.264 MP4 at `path`, which appears whole or not at all.
+
+  The MP4 muxer seeks back to write its index, which an upload to an object store cannot: the
+  clip is encoded in a local scratch folder, then copied.
+  """
+  with storage.local_scratch() as scratch:
+    local = storage.join(scratch, "clip.mp4")
+    _encode_h264(local, frames, fps)
+    storage.atomic_write_bytes(path, storage.read_bytes(local))
+
+
+def _encode_h264(local_path: str, frames: np.ndarray, fps: int) -> None:
+  with av.open(local_path, "w") as container:
     stream = container.add_stream("libx264", rate=fps)
     stream.width, stream.height = frames.shape[2], frames.shape[1]
     stream.pix_fmt = "yuv420p"
@@ -180,7 +194,6 @@ def write_h264(path: str, frames: np.ndarray, fps: int) -> None:
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
-  os.replace(tmp, path)
 
 
 def make_demo_videos(output_dir: str, spec: DemoSpec = DemoSpec()) -> dict:
@@ -190,7 +203,7 @@ def make_demo_videos(output_dir: str, spec: DemoSpec = DemoSpec()) -> dict:
   seen_ids = set()
   for split, csv_name, per_class in (("train", "train.csv", spec.train_per_class),
                                      ("val", "validate.csv", spec.val_per_class)):
-    os.makedirs(os.path.join(output_dir, split), exist_ok=True)
+    storage.makedirs(storage.join(output_dir, split))
     rows = []
     for label in range(len(CLASSES)):
       for _ in range(per_class):
@@ -202,15 +215,14 @@ def make_demo_videos(output_dir: str, spec: DemoSpec = DemoSpec()) -> dict:
         end = start + int(np.ceil(spec.seconds))
         clip_seed = int(rng.integers(2**31))
         frames = render_clip(label, np.random.default_rng(clip_seed), spec)
-        write_h264(os.path.join(output_dir, split, f"{vid}_{start:06d}_{end:06d}.mp4"),
+        write_h264(storage.join(output_dir, split, f"{vid}_{start:06d}_{end:06d}.mp4"),
                    frames, spec.fps)
         rows.append((CLASSES[label], vid, start, end, split))
-    csv_tmp = os.path.join(output_dir, csv_name + ".partial")
-    with open(csv_tmp, "w", newline="") as f:
-      writer = csv.writer(f)
-      writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
-      writer.writerows(rows)
-    os.replace(csv_tmp, os.path.join(output_dir, csv_name))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+    writer.writerows(rows)
+    storage.atomic_write_text(storage.join(output_dir, csv_name), text.getvalue())
     counts[split] = len(rows)
   return counts
 
@@ -233,22 +245,19 @@ def main(argv):
   spec = DemoSpec(seed=FLAGS.seed, train_per_class=FLAGS.train_per_class,
                   val_per_class=FLAGS.val_per_class, seconds=FLAGS.seconds)
   # The spec file is written last: its presence means a complete set made with these settings.
-  marker = os.path.join(FLAGS.output_dir, "demo_spec.json")
+  marker = storage.join(FLAGS.output_dir, "demo_spec.json")
   wanted = json.dumps(dataclasses.asdict(spec), sort_keys=True)
-  if os.path.exists(marker):
-    with open(marker) as f:
-      if f.read() == wanted:
-        print(f"{FLAGS.output_dir} already holds these demo videos")
-        return 0
+  if storage.exists(marker):
+    if storage.read_text(marker) == wanted:
+      print(f"{FLAGS.output_dir} already holds these demo videos")
+      return 0
     raise app.UsageError(f"{FLAGS.output_dir} holds demo videos made with other settings "
                          f"({marker}); delete the folder or choose another --output_dir")
-  if os.path.isdir(FLAGS.output_dir) and os.listdir(FLAGS.output_dir):
+  if storage.isdir(FLAGS.output_dir) and storage.listdir(FLAGS.output_dir):
     raise app.UsageError(f"{FLAGS.output_dir} is not empty and holds no demo set "
                          f"(no demo_spec.json); choose an empty or new --output_dir")
   counts = make_demo_videos(FLAGS.output_dir, spec)
-  with open(marker + ".partial", "w") as f:
-    f.write(wanted)
-  os.replace(marker + ".partial", marker)
+  storage.atomic_write_text(marker, wanted)
   print(f"wrote {counts['train']} training and {counts['val']} validation clips of "
         f"{len(CLASSES)} classes to {FLAGS.output_dir}")
   return 0

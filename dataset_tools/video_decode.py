@@ -1,7 +1,11 @@
 """Decodes one video file into JPEG frames on a constant-rate grid, with PyAV.
 
 This module runs inside the builder's worker processes: it imports PyAV, simplejpeg and NumPy only
-(no TensorFlow, which would cost every worker seconds of start-up and hundreds of MB).
+(no TensorFlow, which would cost every worker seconds of start-up and hundreds of MB). Videos off
+the local disk (`gs://`, `s3://`, `ram://`) are the exception: a worker imports `cvrl_tf.storage`
+(tf.io.gfile) with its first such video, and PyAV reads through a GFile file object (read; seek
+with whence 0, 1, 2; PyAV answers FFmpeg's AVSEEK_SIZE query with "unknown", which MP4 with its
+index at the end, Matroska and AVI accept: tests/test_video_decode.py).
 
 Frame selection follows presentation time, as ffmpeg's `fps` filter does: a source frame with
 presentation time t (seconds after the first frame) lands on grid slot round(t * fps), and slot k
@@ -14,6 +18,7 @@ stops being shown.
 import dataclasses
 import math
 import os
+import stat
 import time
 from fractions import Fraction
 from typing import List, Optional
@@ -133,23 +138,67 @@ class _FrameEncoder:
     return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=self._quality)
 
 
-def _open(path: str):
-  if not os.path.exists(path):
+def _is_local(path: str) -> bool:
+  # storage.is_local without importing TensorFlow (file:// paths take the tf.io.gfile route).
+  return "://" not in path
+
+
+def _file_facts(path: str):
+  """(exists, is a directory, bytes) of `path`."""
+  if _is_local(path):
+    try:
+      info = os.stat(path)  # local-only: no scheme (checked above), and no TensorFlow here
+    except FileNotFoundError:
+      return False, False, 0
+    except OSError as e:  # a permission, a broken mount
+      raise VideoDecodeError("unreadable", f"{path}: {e}") from e
+    return True, stat.S_ISDIR(info.st_mode), info.st_size
+  from cvrl_tf import storage  # TensorFlow: imported by a worker's first non-local video only
+  if not storage.exists(path):
+    return False, False, 0
+  if storage.isdir(path):
+    return True, True, 0
+  return True, False, storage.size(path)
+
+
+def _check_file(path: str) -> None:
+  """Raises VideoDecodeError for a missing, folder or empty `path`, before FFmpeg sees it."""
+  exists, folder, size = _file_facts(path)
+  if not exists:
     raise VideoDecodeError("missing_file", f"{path} does not exist")
-  if os.path.isdir(path):
+  if folder:
     raise VideoDecodeError("not_a_video", f"{path} is a directory")
-  if os.path.getsize(path) == 0:
+  if size == 0:
     raise VideoDecodeError("empty_file", f"{path} is 0 bytes")
+
+
+def _open(path: str):
+  """(container, source): `source` is what PyAV reads, a local path (FFmpeg reads it with its own
+  buffered I/O) or a seekable tf.io.gfile file object; close it with `_close_source`."""
+  _check_file(path)
+  if _is_local(path):
+    source = path
+  else:
+    from cvrl_tf import storage
+    source = storage.open_for_decoding(path)
   try:
-    container = av.open(path, metadata_errors="ignore")
+    container = av.open(source, metadata_errors="ignore")
   except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+    _close_source(source)
     raise VideoDecodeError("unreadable", f"{path}: FFmpeg cannot open it ({e})") from e
   if not container.streams.video:
     kinds = sorted({s.type for s in container.streams}) or ["no streams"]
     container.close()
+    _close_source(source)
     reason = "audio_only" if kinds == ["audio"] else "no_video_stream"
     raise VideoDecodeError(reason, f"{path} has no video stream (found: {', '.join(kinds)})")
-  return container
+  return container, source
+
+
+def _close_source(source) -> None:
+  """Closes the file object PyAV read from (a path needs nothing)."""
+  if not isinstance(source, str):
+    source.close()
 
 
 def _announced_seconds(container, stream) -> Optional[float]:
@@ -164,7 +213,8 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   """Decodes `path` into JPEG frames on the `fps` grid.
 
   Args:
-    path: a video file any FFmpeg build of PyAV can read.
+    path: a video file any FFmpeg build of PyAV can read, local or on any file system of
+      tf.io.gfile (`gs://...`).
     fps: stored frame rate (> 0).
     short_side: stored short side in pixels after rotation (even); 0 keeps the source size.
     jpeg_quality: 1..100, the IJG (libjpeg) quality scale.
@@ -176,7 +226,7 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   Raises:
     VideoDecodeError when the file is missing, empty, not a video or yields no frame.
   """
-  container = _open(path)
+  container, source = _open(path)
   stream = container.streams.video[0]
   stream.thread_type = "AUTO"
   # Timestamps stay integers in the stream's time base (ticks); one exact ratio maps ticks to
@@ -219,6 +269,7 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   finally:
     announced = _announced_seconds(container, stream)
     container.close()
+    _close_source(source)
 
   if pending_frame is None:
     detail = partial_error or "the video stream holds no decodable frame"

@@ -1,9 +1,11 @@
-"""Reading Kinetics CSVs, class folders and file lists into VideoEntry lists."""
+"""Reading Kinetics CSVs, class folders, file lists and the UCF-101 / HMDB-51 split files into
+VideoEntry lists."""
 
 import os
 
 import pytest
 
+from cvrl_tf import storage
 from dataset_tools import annotations
 
 
@@ -121,3 +123,153 @@ def test_duplicates_become_failures():
   entry = annotations.VideoEntry(split="train", key="k", path="/p", relative_path="p", label="a")
   first, second = annotations.mark_duplicates([entry, entry])
   assert first.problem is None and second.problem == "duplicate_entry"
+
+
+def test_file_list_of_absolute_paths_without_video_dir(tmp_path):
+  # A list made like `find /abs/data -name '*.mp4'` (plus a label column), kept elsewhere.
+  data = tmp_path / "data"
+  jump, run = _touch(str(data / "jump" / "a.mp4")), _touch(str(data / "run" / "b.mp4"))
+  lists = tmp_path / "lists"
+  near = _touch(str(lists / "near" / "c.mp4"))
+  list_path = _write(lists / "all.csv", (
+      f"{jump},jump\n{run},run\n{data}/run/./x/../gone.mp4,run\nnear/c.mp4,run\n"
+      "../data/jump/a.mp4,jump\n"))
+  entries = annotations.read_file_list(list_path, None, "train")
+  assert [(e.key, e.path, e.problem) for e in entries] == [
+      (jump, jump, None),
+      (run, run, None),
+      (f"{data}/run/gone.mp4", None, "missing_file"),
+      ("near/c.mp4", near, None),                            # relative: the list's folder
+      ("../data/jump/a.mp4", None, "path_escapes_root"),     # relative rows stay inside it
+  ]
+  assert [e.relative_path for e in entries[:2]] == [jump, run]
+  # With --video_dir, absolute rows must lead into it; relative rows resolve against it.
+  rooted = annotations.read_file_list(list_path, str(data), "train")
+  assert [(e.key, e.problem) for e in rooted] == [
+      ("jump/a.mp4", None), ("run/b.mp4", None), ("run/gone.mp4", "missing_file"),
+      ("near/c.mp4", "missing_file"), ("../data/jump/a.mp4", "path_escapes_root")]
+  assert rooted[0].path == jump
+
+
+def test_inputs_on_another_file_system(tmp_path, monkeypatch):
+  # ram:// behaves like gs:// for tf.io.gfile and fails like it for open() / os.*.
+  monkeypatch.chdir(tmp_path)
+  root = f"ram://annotations_test_{tmp_path.name}"
+  for name in ("train/aaaaaaaaaaa_000000_000010.mp4", "train/jump/bbbbbbbbbbb_000001_000011.mkv",
+               "notes.txt"):
+    storage.atomic_write_bytes(storage.join(root, "videos", name), b"x")
+  csv_path = storage.join(root, "train.csv")
+  storage.atomic_write_text(csv_path, (
+      "\ufefflabel,youtube_id,time_start,time_end,split\r\n"
+      "jump,aaaaaaaaaaa,0,10,train\r\njump,bbbbbbbbbbb,1,11,train\r\n"))
+  videos = storage.join(root, "videos")
+  entries = annotations.read_kinetics_csv(csv_path, videos, annotations.index_videos(videos))
+  assert [(e.key, e.path, e.relative_path) for e in entries] == [
+      ("aaaaaaaaaaa_000000_000010", f"{videos}/train/aaaaaaaaaaa_000000_000010.mp4",
+       "train/aaaaaaaaaaa_000000_000010.mp4"),
+      ("bbbbbbbbbbb_000001_000011", f"{videos}/train/jump/bbbbbbbbbbb_000001_000011.mkv",
+       "train/jump/bbbbbbbbbbb_000001_000011.mkv")]
+  classes = annotations.read_class_dirs(storage.join(videos, "train"), "train")
+  assert [(e.key, e.label) for e in classes] == [("jump/bbbbbbbbbbb_000001_000011.mkv", "jump")]
+  list_path = storage.join(videos, "list.csv")
+  storage.atomic_write_text(list_path, "train/aaaaaaaaaaa_000000_000010.mp4,jump\n"
+                                       "train/absent.mp4,jump\n../x.mp4,jump\n")
+  listed = annotations.read_file_list(list_path, None, "train")
+  assert [(e.path, e.problem) for e in listed] == [
+      (f"{videos}/train/aaaaaaaaaaa_000000_000010.mp4", None), (None, "missing_file"),
+      (None, "path_escapes_root")]
+  assert os.listdir(tmp_path) == []
+
+
+def _ucf101(tmp_path, split_id=1):
+  """UCF-101's layout in miniature: (split folder, video folder). classInd.txt is deliberately
+  not in alphabetical order; the files have the official CRLF line ends."""
+  splits = tmp_path / "ucfTrainTestlist"
+  _touch(str(splits / "classInd.txt"),
+         b"1 YoYo\r\n2 ApplyEyeMakeup\r\n3 HandstandPushups\r\n")
+  _touch(str(splits / f"trainlist0{split_id}.txt"), (
+      b"YoYo/v_YoYo_g08_c01.avi 1\r\n"
+      b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 2\r\n"
+      b"HandstandPushups/v_HandStandPushups_g08_c01.avi 3\r\n\r\n"))
+  _touch(str(splits / f"testlist0{split_id}.txt"), (
+      b"YoYo/v_YoYo_g01_c01.avi\r\n"
+      b"HandstandPushups/v_HandStandPushups_g01_c01.avi\r\n"
+      b"ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi\r\n"))
+  videos = tmp_path / "UCF-101"
+  for name in ("YoYo/v_YoYo_g08_c01.avi", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
+               "HandstandPushups/v_HandStandPushups_g08_c01.avi", "YoYo/v_YoYo_g01_c01.avi",
+               "HandstandPushups/v_HandStandPushups_g01_c01.avi"):
+    _touch(str(videos / name))
+  return str(splits), str(videos)
+
+
+def test_ucf101_official_split_files(tmp_path):
+  splits, videos = _ucf101(tmp_path, split_id=2)
+  entries, label_map = annotations.read_ucf101_splits(splits, videos, 2)
+  assert label_map == ["YoYo", "ApplyEyeMakeup", "HandstandPushups"]   # classInd.txt order
+  assert [(e.split, e.key, e.label, e.problem) for e in entries] == [
+      ("train", "YoYo/v_YoYo_g08_c01.avi", "YoYo", None),
+      ("train", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup", None),
+      ("train", "HandstandPushups/v_HandStandPushups_g08_c01.avi", "HandstandPushups", None),
+      ("test", "YoYo/v_YoYo_g01_c01.avi", "YoYo", None),
+      ("test", "HandstandPushups/v_HandStandPushups_g01_c01.avi", "HandstandPushups", None),
+      ("test", "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi", "ApplyEyeMakeup", "missing_file"),
+  ]
+  assert entries[0].path == os.path.join(videos, "YoYo", "v_YoYo_g08_c01.avi")
+  with pytest.raises(FileNotFoundError, match=r"trainlist01.txt does not exist; expected "
+                                              r"UCF-101's official train list of split 1"):
+    annotations.read_ucf101_splits(splits, videos, 1)
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("classInd.txt", "1 YoYo\nx ApplyEyeMakeup\n",
+     "classInd.txt:2: expected '<class number> <class name>'"),
+    ("classInd.txt", "1 YoYo\n3 ApplyEyeMakeup\n", "class numbers must run 1..2"),
+    ("trainlist01.txt", "YoYo/v_YoYo_g08_c01.avi 1\nYoYo/v_YoYo_g09_c01.avi 2\n",
+     "trainlist01.txt:2: class number 2 is 'ApplyEyeMakeup' in"),
+    ("trainlist01.txt", "v_YoYo_g08_c01.avi 1\n",
+     "trainlist01.txt:1: expected '<Class>/<video file>[ <class number>]'"),
+    ("testlist01.txt", "Knitting/v_Knitting_g01_c01.avi\n",
+     "testlist01.txt:1: class folder 'Knitting' is not in"),
+])
+def test_ucf101_split_errors_name_file_and_line(tmp_path, name, text, message):
+  splits, videos = _ucf101(tmp_path)
+  _write(os.path.join(splits, name), text)
+  with pytest.raises(ValueError) as error:
+    annotations.read_ucf101_splits(splits, videos, 1)
+  assert message in str(error.value)
+
+
+def _hmdb51(tmp_path):
+  splits = tmp_path / "testTrainMulti_7030_splits"
+  splits.mkdir()
+  # The official rows end in a space; 0 = not used in this split.
+  _write(splits / "cartwheel_test_split1.txt", "d.avi 1 \ne.avi 2 \n")
+  _touch(str(splits / "brush_hair_test_split1.txt"), b"a.avi 1 \r\nb.avi 2 \r\nc.avi 0 \r\n")
+  _write(splits / "brush_hair_test_split2.txt", "a.avi 2 \nb.avi 1 \nc.avi 1 \n")
+  videos = tmp_path / "hmdb51_org"
+  for name in ("brush_hair/a.avi", "brush_hair/b.avi", "brush_hair/c.avi", "cartwheel/d.avi"):
+    _touch(str(videos / name))
+  return str(splits), str(videos)
+
+
+def test_hmdb51_official_split_files(tmp_path):
+  splits, videos = _hmdb51(tmp_path)
+  entries, label_map = annotations.read_hmdb51_splits(splits, videos, 1)
+  assert label_map == ["brush_hair", "cartwheel"]     # sorted class names
+  assert [(e.split, e.key, e.label, e.problem) for e in entries] == [
+      ("train", "brush_hair/a.avi", "brush_hair", None),
+      ("test", "brush_hair/b.avi", "brush_hair", None),
+      ("train", "cartwheel/d.avi", "cartwheel", None),
+      ("test", "cartwheel/e.avi", "cartwheel", "missing_file"),
+  ]
+  entries, _ = annotations.read_hmdb51_splits(splits, videos, 2)
+  assert [(e.split, e.key) for e in entries] == [
+      ("test", "brush_hair/a.avi"), ("train", "brush_hair/b.avi"), ("train", "brush_hair/c.avi")]
+  with pytest.raises(FileNotFoundError, match=r"holds no '<class>_test_split3.txt' file "
+                                              r"\(split 3\); it holds split\(s\) \['1', '2'\]"):
+    annotations.read_hmdb51_splits(splits, videos, 3)
+  _write(os.path.join(splits, "cartwheel_test_split1.txt"), "d.avi 1\ne.avi train\n")
+  with pytest.raises(ValueError, match=r"cartwheel_test_split1.txt:2: expected '<video file> "
+                                       r"<0\|1\|2>'"):
+    annotations.read_hmdb51_splits(splits, videos, 1)

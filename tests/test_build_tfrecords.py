@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 import tensorflow as tf
@@ -16,6 +17,7 @@ import simplejpeg
 import worker_tasks
 from conftest import coded_frame, frame_index, write_audio_only, write_video
 from cvrl_tf import schema
+from cvrl_tf import storage
 from dataset_tools import annotations, builder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,6 +158,8 @@ def test_same_bytes_whatever_the_worker_count(dataset, built, tmp_path):
   out, _ = built
   _build(_entries(*dataset), tmp_path / "one", num_shards=3, num_workers=1)
   assert _tree_bytes(str(tmp_path / "one")) == _tree_bytes(str(out))
+  _build(_entries(*dataset), tmp_path / "in_process", num_shards=3, num_workers=0)
+  assert _tree_bytes(str(tmp_path / "in_process")) == _tree_bytes(str(out))
 
 
 def test_rerun_skips_complete_shards(dataset, tmp_path):
@@ -327,3 +331,138 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr
   assert "resumed:" in resumed.stdout
   assert _tree_bytes(str(out)) == _tree_bytes(str(tmp_path / "reference"))
+
+
+def _local_folders_named_ram(root):
+  """Folders under `root` that a ram:// path would have made if it reached os.makedirs."""
+  return [d for d, subdirs, _ in os.walk(root) for name in subdirs if name.startswith("ram:")]
+
+
+def _ucf101(root, classes=("YoYo", "ApplyEyeMakeup"), train=2, test=1, frames=6):
+  """UCF-101 in miniature: (split folder, video folder). classInd.txt lists the classes out of
+  alphabetical order; class i's videos show frame codes 5 i, 5 i + 1, ...; one test video is
+  listed but absent."""
+  splits = os.path.join(root, "ucfTrainTestlist")
+  videos = os.path.join(root, "UCF-101")
+  os.makedirs(splits)
+  rows = {"train": [], "test": []}
+  for i, name in enumerate(classes):
+    os.makedirs(os.path.join(videos, name))
+    for split, n in (("train", train), ("test", test)):
+      for g in range(n):
+        relative = f"{name}/v_{name}_g{g + (1 if split == 'test' else 8):02d}_c01.avi"
+        write_video(os.path.join(videos, relative),
+                    [coded_frame(5 * i + j) for j in range(frames)], codec="mjpeg")
+        rows[split].append(f"{relative} {i + 1}" if split == "train" else relative)
+  rows["test"].append(f"{classes[0]}/v_{classes[0]}_g07_c01.avi")
+  for name, lines in (("classInd.txt", [f"{i + 1} {c}" for i, c in enumerate(classes)]),
+                      ("trainlist01.txt", rows["train"]), ("testlist01.txt", rows["test"])):
+    with open(os.path.join(splits, name), "w", newline="") as f:
+      f.write("".join(line + "\r\n" for line in lines))
+  return splits, videos
+
+
+def _copy_tree(local, target):
+  for directory, _, names in os.walk(local):
+    for name in names:
+      path = os.path.join(directory, name)
+      storage.atomic_write_bytes(storage.join(target, os.path.relpath(path, local)),
+                                 open(path, "rb").read())
+
+
+def _records(paths):
+  return [tf.train.SequenceExample.FromString(raw.numpy())
+          for raw in tf.data.TFRecordDataset(paths)]
+
+
+def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
+  # ram:// stands for gs://: the inputs (split files, videos) and every output live there, and
+  # nothing may reach the local disk (os.makedirs("ram://x") would make a folder "./ram:").
+  splits, videos = _ucf101(str(tmp_path / "made_locally"))
+  root = f"ram://builder_test_{uuid.uuid4().hex[:8]}"
+  _copy_tree(str(tmp_path / "made_locally"), root)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  entries, label_map = annotations.read_ucf101_splits(
+      storage.join(root, "ucfTrainTestlist"), storage.join(root, "UCF-101"), 1)
+  out = storage.join(root, "tfrecords")
+  with pytest.raises(builder.BuildError, match="worker processes cannot read it; pass "
+                                               "--num_workers=0"):
+    _build(entries, out, num_workers=1, label_map=label_map)
+
+  report = _build(entries, out, num_workers=0, label_map=label_map, num_shards=2)
+  assert storage.read_text(storage.join(out, "label_map.txt")) == "YoYo\nApplyEyeMakeup\n"
+  info = storage.read_json(storage.join(out, "dataset_info.json"))
+  assert {split: (v["videos"], v["frames"], v["failures"]) for split, v in info["splits"].items()} \
+      == {"train": (4, 24, {}), "test": (2, 12, {"missing_file": 1})}
+  assert report.failures_this_run == 1
+  for split, expected in (("train", 4), ("test", 2)):
+    shards = storage.glob(storage.join(out, schema.shard_pattern(split)))
+    assert [storage.basename(p) for p in shards] == [
+        f"{split}-00000-of-00002.tfrecord", f"{split}-00001-of-00002.tfrecord"]
+    records = _records(shards)
+    assert len(records) == expected
+    for example in records:
+      context = example.context.feature
+      label = context["clip/label/text"].bytes_list.value[0].decode()
+      index = context["clip/label/index"].int64_list.value[0]
+      assert ["YoYo", "ApplyEyeMakeup"][index] == label      # classInd.txt order, 0-based
+      assert context["video/filename"].bytes_list.value[0].decode().startswith(label + "/")
+      frames = [frame_index(simplejpeg.decode_jpeg(f.bytes_list.value[0]))
+                for f in example.feature_lists.feature_list["image/encoded"].feature]
+      assert frames == [5 * index + j for j in range(6)]
+  rerun = _build(entries, out, num_workers=0, label_map=label_map, num_shards=2)
+  assert rerun.skipped_shards == 4 and rerun.videos_decoded == 0
+  assert os.listdir(cwd) == []
+  assert _local_folders_named_ram(str(tmp_path)) == []
+
+
+def test_cli_file_list_of_absolute_paths_to_ram(tmp_path):
+  # The most common file list: `find /abs/data -name '*.mp4'` plus a label, no --video_dir.
+  data = tmp_path / "data"
+  rows = []
+  for label in ("jump", "run"):
+    os.makedirs(data / label)
+    for i in range(2):
+      path = str(data / label / f"{label}{i}.mp4")
+      write_video(path, [coded_frame(j) for j in range(4)])
+      rows.append(f"{path},{label}\n")
+  os.makedirs(tmp_path / "lists")
+  (tmp_path / "lists" / "all.csv").write_text("".join(rows))
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  result = _cli(f"--file_list={tmp_path / 'lists' / 'all.csv'}", "--short_side=0",
+                "--num_workers=1", f"--output_dir=ram://cli_test_{uuid.uuid4().hex[:8]}/out",
+                cwd=str(cwd))
+  assert result.returncode == 0, result.stderr
+  train = next(line.split() for line in result.stdout.splitlines() if line.startswith("train"))
+  assert train[:5] == ["train", "4", "0", "0", "16"]    # videos, failed, partial, frames
+  assert os.listdir(cwd) == [] and _local_folders_named_ram(str(tmp_path)) == []
+
+
+def test_cli_hmdb51_official_splits(tmp_path):
+  splits, videos = tmp_path / "testTrainMulti_7030_splits", tmp_path / "hmdb51_org"
+  os.makedirs(splits)
+  for i, label in enumerate(("wave", "brush_hair")):
+    os.makedirs(videos / label)
+    for name in ("a.avi", "b.avi", "c.avi"):
+      write_video(str(videos / label / f"{label}_{name}"),
+                  [coded_frame(5 * i + j) for j in range(4)], codec="mjpeg")
+    (splits / f"{label}_test_split1.txt").write_text(
+        f"{label}_a.avi 1 \n{label}_b.avi 2 \n{label}_c.avi 0 \n")
+  out = tmp_path / "out"
+  result = _cli(f"--hmdb51_splits={splits}", "--split_id=1", f"--video_dir={videos}",
+                f"--output_dir={out}", "--short_side=0", "--num_workers=0")
+  assert result.returncode == 0, result.stderr
+  assert schema.read_label_map(str(out / "label_map.txt")) == ["brush_hair", "wave"]
+  for split, name in (("train", "a.avi"), ("test", "b.avi")):
+    records = _records(sorted(glob.glob(str(out / schema.shard_pattern(split)))))
+    assert sorted((e.context.feature["video/id"].bytes_list.value[0].decode(),
+                   e.context.feature["clip/label/index"].int64_list.value[0]) for e in records) \
+        == [(f"brush_hair/brush_hair_{name}", 0), (f"wave/wave_{name}", 1)]
+  conflict = _cli(f"--hmdb51_splits={splits}", f"--video_dir={videos}", f"--output_dir={out}",
+                  f"--label_map={out / 'label_map.txt'}")
+  assert conflict.returncode != 0 and "drop --label_map" in conflict.stderr
+  no_videos = _cli(f"--ucf101_splits={splits}", f"--output_dir={out}")
+  assert no_videos.returncode != 0 and "--ucf101_splits needs --video_dir" in no_videos.stderr

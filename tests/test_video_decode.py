@@ -1,6 +1,7 @@
 """Decoding real video files onto the constant-rate grid."""
 
 import os
+import uuid
 from fractions import Fraction
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import simplejpeg
 
 from conftest import coded_frame, frame_index, write_audio_only, write_video
+from cvrl_tf import storage
 from dataset_tools.video_decode import VideoDecodeError, decode_video, grid_slot, output_size
 
 
@@ -173,3 +175,35 @@ def _text(path):
   with open(path, "w") as f:
     f.write("this is not a video\n" * 20)
   return path
+
+
+def _ram_dir():
+  return f"ram://video_decode_test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize("name,codec", [("clip.mp4", "libx264"), ("clip.mkv", "libx264"),
+                                        ("clip.avi", "mjpeg")])
+def test_video_off_the_local_disk_decodes_through_a_file_object(tmp_path, name, codec):
+  # ram:// fails like gs:// for FFmpeg's own file I/O: PyAV must read through a GFile.
+  local = write_video(str(tmp_path / name), [coded_frame(i) for i in range(12)], codec=codec)
+  data = open(local, "rb").read()
+  if name.endswith(".mp4"):
+    assert data.index(b"moov") > data.index(b"mdat")   # the index is at the end: seeks needed
+  remote = storage.join(_ram_dir(), name)
+  storage.atomic_write_bytes(remote, data)
+  settings = dict(fps=25, short_side=32, jpeg_quality=90)
+  video = decode_video(remote, **settings)
+  assert _indices(video) == list(range(12))
+  assert video.jpegs == decode_video(local, **settings).jpegs
+
+
+def test_unusable_files_off_the_local_disk_raise_with_reason():
+  directory = _ram_dir()
+  storage.atomic_write_bytes(storage.join(directory, "zero.mp4"), b"")
+  storage.atomic_write_bytes(storage.join(directory, "text.mp4"), b"not a video\n" * 20)
+  storage.makedirs(storage.join(directory, "folder.mp4"))
+  for name, reason in (("absent.mp4", "missing_file"), ("zero.mp4", "empty_file"),
+                       ("text.mp4", "unreadable"), ("folder.mp4", "not_a_video")):
+    with pytest.raises(VideoDecodeError) as error:
+      decode_video(storage.join(directory, name), fps=25, short_side=0, jpeg_quality=90)
+    assert error.value.reason == reason and name in error.value.detail
