@@ -1,7 +1,9 @@
-"""File access for every path a user gives: local disks, `gs://`, `s3://`, `ram://`, alike.
+"""File access for every path a user gives: local disks, `gs://`, `ram://`, alike.
 
 Everything goes through `tf.io.gfile`, so a workdir, a dataset, a label map, a checkpoint or an
-export on Google Cloud Storage behaves exactly as on a local disk. Python's `open()`, `os.path`,
+export on Google Cloud Storage behaves exactly as on a local disk. TensorFlow 2.21 itself knows
+local paths, `gs://` and `ram://`; `s3://` and `hdfs://` come from the filesystem plugins of
+tensorflow-io, which this library does not depend on (SPEC §5) but works with once imported. Python's `open()`, `os.path`,
 `os.replace`, `shutil` and `tempfile` only understand local paths: `os.makedirs("gs://b/run")`
 silently makes a local folder `./gs:/b/run` whose files die with the VM. No other module of the
 library calls them on a user path (tests/test_storage.py scans the source).
@@ -131,11 +133,13 @@ def rename(source: str, target: str, overwrite: bool = False) -> None:
 
 def _move_directory(source: str, target: str) -> None:
   """Moves a directory. A local rename is one atomic step; elsewhere each file moves on its own
-  (object stores have no directories to rename, and ram:// renames only the folder's own entry)."""
+  (object stores have no directories to rename, and ram:// renames only the folder's own entry).
+  The deepest files move first and the top-level files last, so a reader that waits for a
+  top-level file (a SavedModel's saved_model.pb) finds the rest already there."""
   if is_local(source):
     gfile.rename(source, target)
     return
-  for directory, _, files in walk(source):
+  for directory, _, files in reversed(list(walk(source))):
     destination = join(target, relative_to(directory, source))
     gfile.makedirs(destination)
     for name in files:
