@@ -60,7 +60,10 @@ class OptimizerConfig:
   momentum: float = 0.9
   trust_coefficient: float = 0.001       # LARS only
   weight_decay: float = 1e-6             # on conv and dense kernels only
-  warmup_epochs: float = 5.0             # then cosine decay to 0
+  # The learning-rate schedule, a name in cvrl_tf.schedules.SCHEDULES. "warmup_cosine": linear
+  # warm-up over warmup_epochs, then cosine decay to 0 at the end of train.epochs.
+  schedule: str = "warmup_cosine"
+  warmup_epochs: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +238,9 @@ def _check_steps(config) -> None:
   if not opt.base_learning_rate > 0 or opt.reference_batch_size < 1:
     raise ConfigError(f"optimizer.base_learning_rate must be > 0 and reference_batch_size >= 1, "
                       f"got {opt.base_learning_rate} and {opt.reference_batch_size}")
+  if opt.schedule not in schedules.SCHEDULES:
+    raise ConfigError(f"optimizer.schedule={opt.schedule!r} is not a schedule cvrl_tf has; "
+                      f"expected one of {', '.join(sorted(schedules.SCHEDULES))}")
   if opt.warmup_epochs < 0 or not 0 <= opt.momentum < 1 or opt.weight_decay < 0:
     raise ConfigError(f"need optimizer.warmup_epochs >= 0, 0 <= momentum < 1, weight_decay >= 0; "
                       f"got {opt.warmup_epochs}, {opt.momentum}, {opt.weight_decay}")

@@ -6,7 +6,8 @@ r"""`make demo`'s export step: call the exported SavedModel the way a user would
 Loads the export with tf.saved_model.load, feeds the first `--num_videos` records of the held-out
 shards to its `serve_examples` signature (decoding and multi-view averaging inside the model) and
 one random float clip to `serving_default`, prints what it predicted and writes the result as JSON.
-Nothing here imports the rest of cvrl_tf: it is the contract users rely on.
+Nothing here imports the rest of cvrl_tf: it is the contract users rely on. Paths go through
+tf.io.gfile, so the export, the shards and the output may be on gs:// as well.
 """
 
 import json
@@ -28,11 +29,11 @@ def check(export_dir: str, tfrecords: str, num_videos: int) -> dict:
   import tensorflow as tf
 
   model = tf.saved_model.load(export_dir)
-  label_map = os.path.join(export_dir, "assets", "label_map.txt")
   names = None
-  if os.path.exists(label_map):  # one label per line; labels may hold spaces, so split on \n
-    with open(label_map, encoding="utf-8") as f:
-      names = f.read().rstrip("\n").split("\n")
+  if hasattr(model, "label_map_file"):  # the asset's path inside the loaded export
+    with tf.io.gfile.GFile(model.label_map_file.asset_path.numpy().decode(), "rb") as f:
+      # One label per line; labels may hold spaces, so split on \n.
+      names = f.read().decode("utf-8").rstrip("\n").split("\n")
   files = sorted(tf.io.gfile.glob(tfrecords))
   if not files:
     raise FileNotFoundError(f"no TFRecord files match {tfrecords!r}")
@@ -62,11 +63,12 @@ def main(argv):
           f"(p={video['probability']:.2f}), labelled {video['label_name']!r}")
   print(f"the export classified {result['accuracy']:.0%} of {len(result['videos'])} held-out "
         f"videos right; serving_default gives {result['features_dim']}-d features")
-  if FLAGS.output:
+  if FLAGS.output:  # written under a temporary name, then renamed into place
+    import tensorflow as tf
     temporary = f"{FLAGS.output}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
-    os.replace(temporary, FLAGS.output)
+    with tf.io.gfile.GFile(temporary, "w") as f:
+      f.write(json.dumps(result, indent=2))
+    tf.io.gfile.rename(temporary, FLAGS.output, overwrite=True)
   return 0
 
 

@@ -13,15 +13,15 @@ It exits non-zero when linear-eval top-1 of the pretrained backbone does not bea
 by --min_margin: the demo's claim is that pretraining learns something.
 """
 
-import glob
-import json
-import os
+import io
 import sys
 import time
 
 import numpy as np
 from absl import app
 from absl import flags
+
+from cvrl_tf import storage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("demo_out", "demo_out", "The demo's output folder.")
@@ -40,7 +40,7 @@ def read_scalars(event_dir: str) -> dict:
   import tensorflow as tf
 
   scalars = {}
-  for path in sorted(glob.glob(os.path.join(event_dir, "events.out.tfevents.*"))):
+  for path in storage.glob(storage.join(event_dir, "events.out.tfevents.*")):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
@@ -60,12 +60,11 @@ def read_metrics(demo_out: str) -> dict:
   """{summary key: the metrics dict of that run}; fails naming a missing file."""
   metrics = {}
   for key, (run, name) in RUNS.items():
-    path = os.path.join(demo_out, run, name)
-    if not os.path.exists(path):
+    path = storage.join(demo_out, run, name)
+    if not storage.exists(path):
       raise FileNotFoundError(f"{path} is missing: run `make demo` (the step that writes it "
                               "failed or did not run)")
-    with open(path, encoding="utf-8") as f:
-      metrics[key] = json.load(f)
+    metrics[key] = storage.read_json(path)
   return metrics
 
 
@@ -115,10 +114,10 @@ def plot(curves: dict, summary: dict, path: str) -> None:
   axes[2].set_title(f"held-out top-1 ({summary['eval_videos']} videos)", fontsize=10)
   axes[2].legend(fontsize=8, loc="upper right")
   figure.tight_layout()
-  temporary = f"{path}.tmp-{os.getpid()}.png"
-  figure.savefig(temporary, dpi=100)
+  png = io.BytesIO()
+  figure.savefig(png, format="png", dpi=100)
   pyplot.close(figure)
-  os.replace(temporary, path)
+  storage.atomic_write_bytes(path, png.getvalue())
 
 
 def table(summary: dict) -> str:
@@ -134,17 +133,13 @@ def table(summary: dict) -> str:
 
 def main(argv):
   del argv
-  from cvrl_tf import storage
-
   wall = (round(time.time() - FLAGS.started_at, 1) if FLAGS.started_at is not None else None)
-  curves = read_scalars(os.path.join(FLAGS.demo_out, "pretrain", "summaries", "train"))
+  curves = read_scalars(storage.join(FLAGS.demo_out, "pretrain", "summaries", "train"))
   summary = summarize(read_metrics(FLAGS.demo_out), wall, curves)
-  if FLAGS.export_check and os.path.exists(FLAGS.export_check):
-    with open(FLAGS.export_check, encoding="utf-8") as f:
-      summary["export_check"] = json.load(f)
-  storage.atomic_write_bytes(os.path.join(FLAGS.demo_out, "summary.json"),
-                            (json.dumps(summary, indent=2) + "\n").encode())
-  plot(curves, summary, os.path.join(FLAGS.demo_out, "summary.png"))
+  if FLAGS.export_check and storage.exists(FLAGS.export_check):
+    summary["export_check"] = storage.read_json(FLAGS.export_check)
+  storage.atomic_write_json(storage.join(FLAGS.demo_out, "summary.json"), summary)
+  plot(curves, summary, storage.join(FLAGS.demo_out, "summary.png"))
   print(f"\n{table(summary)}\n")
   print(f"{summary['eval_videos']} held-out videos x {summary['views_per_video']} views; "
         f"wrote {FLAGS.demo_out}/summary.json and {FLAGS.demo_out}/summary.png"

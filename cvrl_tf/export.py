@@ -3,6 +3,7 @@ r"""SavedModel feature extractors that load with TensorFlow alone: `python -m cv
   python -m cvrl_tf.export --workdir=demo_out/pretrain --export_dir=demo_out/export
   python -m cvrl_tf.export --experiment=cvrl_k600_linear_eval --checkpoint=/ckpt/le/checkpoints \
       --export_dir=/exports/k600_linear_eval
+  python -m cvrl_tf.export --workdir=gs://bucket/k600 --export_dir=gs://bucket/exports/k600
 
 This module owns the SavedModel contract. An export holds the backbone of a run's latest (or the
 given) checkpoint, plus the projection head of a pretraining run or the classifier of a
@@ -17,12 +18,20 @@ linear-evaluation / fine-tuning run. Its signatures:
                       protocol: softmax averaged): features [B, C]; projection [B, D] or
                       probabilities [B, K]; video_id [B] string; label [B] int32 (-1: none)
 
-T, H and W are free: ResNet3D is fully convolutional and pools globally. The signatures run in
-inference mode (BN moving statistics, no dropout) and in float32, whatever precision the run
-trained in.
-A wrong rank, channel count or value range fails with a message naming the signature and what it
-accepts; a wrong dtype fails at TensorFlow's own argument check ("expected a float tensor but is
-a uint8 tensor": frames in 0..255 go to serve_uint8).
+T, H and W are free: ResNet3D is fully convolutional and pools globally. The signatures declare
+these shapes (`[None, None, None, None, 3]`, `[None]` for serve_examples), so `saved_model_cli
+show --all`, TF Serving's model metadata and Keras see them. They run in inference mode (BN
+moving statistics, no dropout) and in float32, whatever precision the run trained in.
+Through a signature, a wrong rank, channel count or value range fails with a message naming the
+signature and what it accepts (TensorFlow checks only the dtype of a signature's input, so a
+rank-4 video reaches our check); a wrong dtype fails at TensorFlow's own argument check
+("expected a float tensor but is a uint8 tensor": frames in 0..255 go to serve_uint8). The
+restored functions (`loaded.serve(video)`, `loaded(video)`, `loaded.call_training(video)`) match
+a call against the declared shape first, so there a wrong rank or channel count gets
+TensorFlow's message, which names it: "Binding inputs to tf.function failed due to `Can not cast
+TensorSpec(shape=(4, 32, 32, 3), ...) to TensorSpec(shape=(None, None, None, None, 3), ...)`", or
+for `loaded(video)` "Could not find matching concrete function ... Expected ...
+TensorSpec(shape=(None, None, None, None, 3), ...)".
 
 The views of serve_examples are a classification run's eval_data. A pretraining run has none, so
 they come from its data: num_frames and stride, short_side = crop_size = data.crop_size, and
@@ -37,6 +46,9 @@ updates its moving averages; dropout is on), for keras.layers.TFSMLayer's call_t
 Assets (SavedModel assets/ folder): config.json (the run's resolved config), export_info.json
 (source checkpoint, step, signatures, the views of serve_examples) and, for classifiers whose
 dataset has one, label_map.txt.
+
+Workdirs, checkpoints, label maps and the export itself may be on any file system TensorFlow
+reads (local, gs://, s3://): everything goes through cvrl_tf.storage.
 """
 
 import os
@@ -46,12 +58,8 @@ if __name__ == "__main__":  # before TensorFlow is imported; importing the modul
 
 import contextlib
 import dataclasses
-import json
 import re
-import shutil
 import sys
-import tempfile
-import uuid
 from typing import Callable, Optional
 
 import keras
@@ -77,12 +85,16 @@ PRETRAIN_NUM_CROPS = 3
 # augmentations overshoot a little), which still catches 0..255 frames and mean/std-normalised ones.
 RANGE_MARGIN = 0.5
 VIDEO_SHAPE = "[batch, time, height, width, 3]"
-# Unknown rank in the signatures: a rank-5 spec is not checked when a signature is called, and a
-# wrong rank would fail deep inside the network; here it reaches our check and its message.
-_ANY_FLOAT = tf.TensorSpec(None, tf.float32, name="video")
-_ANY_UINT8 = tf.TensorSpec(None, tf.uint8, name="video")
-_ANY_STRING = tf.TensorSpec(None, tf.string, name="examples")
-_VIDEO = tf.TensorSpec([None, None, None, None, 3], tf.float32)
+# What the signatures declare, so that saved_model_cli, TF Serving's metadata and Keras see the
+# shapes. A call through a signature does not check them (only the dtype): a wrong rank or
+# channel count reaches _video_check and its message. A restored function (`loaded.serve`,
+# `loaded(video)`, `loaded.call_training`) does check them, and refuses with TensorFlow's message.
+SPECS = {
+    "serving_default": tf.TensorSpec([None, None, None, None, 3], tf.float32, name="video"),
+    "serve_uint8": tf.TensorSpec([None, None, None, None, 3], tf.uint8, name="video"),
+    "serve_examples": tf.TensorSpec([None], tf.string, name="examples"),
+}
+_VIDEO = SPECS["serving_default"]
 
 
 class ExportError(ValueError):
@@ -104,30 +116,22 @@ def _float32_policy():
 
 
 def find_checkpoint(path: str) -> str:
-  """The checkpoint prefix of `path`: a prefix (DIR/ckpt-N), or a directory holding checkpoints.
-
-  In a directory, the checkpoint its `checkpoint` state file names, taken from this directory
-  (a copied or moved workdir's state file holds the old absolute paths), else the
-  highest-numbered ckpt-N there.
+  """The checkpoint prefix of `path` (local, gs://, ...): a prefix (DIR/ckpt-N), or a directory
+  holding checkpoints (resnet3d.latest_checkpoint: the newest, also in a moved workdir).
 
   Raises:
     FileNotFoundError naming `path` and what is accepted.
   """
-  if os.path.isdir(path):
-    state = tf.train.get_checkpoint_state(path)
-    if state and state.model_checkpoint_path:
-      local = os.path.join(path, os.path.basename(state.model_checkpoint_path))
-      if tf.io.gfile.exists(local + ".index"):
-        return local
-    numbered = [(int(m.group(1)), name[:-len(".index")]) for name in os.listdir(path)
-                for m in [re.fullmatch(r"ckpt-(\d+)\.index", name)] if m]
-    if numbered:
-      return os.path.join(path, max(numbered)[1])
+  # The prefix test first: ram:// calls any leading part of a file name a directory.
+  if storage.exists(path + ".index"):
+    return path
+  if storage.isdir(path):
+    latest = resnet3d.latest_checkpoint(path)
+    if latest:
+      return latest
     raise FileNotFoundError(
         f"no checkpoint in {path!r} (no ckpt-N.index): expected the checkpoints/ folder of a "
         "cvrl_tf.train run, or a checkpoint prefix such as .../checkpoints/ckpt-1000")
-  if tf.io.gfile.exists(path + ".index"):
-    return path
   hint = " (pass the prefix, without .index)" if path.endswith(".index") else ""
   raise FileNotFoundError(f"no checkpoint at {path!r}: {path + '.index'!r} does not exist{hint}; "
                           "expected a checkpoint prefix or a folder of checkpoints")
@@ -154,12 +158,12 @@ def resolve_run(workdir: Optional[str] = None, experiment: Optional[str] = None,
     if overrides:
       raise ExportError("--config overrides go with --experiment; a workdir's config is the one "
                         "its checkpoints were trained with")
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):
       raise FileNotFoundError(f"--workdir={workdir!r} is not a directory: expected the "
                               "--workdir of a cvrl_tf.train run")
     config = cfg.read_workdir_config(workdir)
     _check_exportable(config)
-    return config, find_checkpoint(checkpoint or os.path.join(workdir, "checkpoints"))
+    return config, find_checkpoint(checkpoint or storage.join(workdir, "checkpoints"))
   if not checkpoint:
     raise ExportError(f"--experiment={experiment} needs --checkpoint=PATH (a checkpoint prefix "
                       "or a folder of checkpoints)")
@@ -240,7 +244,7 @@ def restore_modules(modules: dict, prefix: str) -> None:
 
 def checkpoint_step(prefix: str) -> Optional[int]:
   """The optimizer step a training checkpoint was saved at (its ckpt-N name otherwise)."""
-  reader = tf.train.load_checkpoint(prefix)
+  reader = resnet3d.checkpoint_reader(prefix)
   key = "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"
   if reader.has_tensor(key):
     return int(reader.get_tensor(key))
@@ -248,12 +252,24 @@ def checkpoint_step(prefix: str) -> Optional[int]:
   return int(match.group(1)) if match else None
 
 
+def _runtime_rank(x: tf.Tensor) -> tf.Tensor:
+  """The rank of the tensor actually fed as `x`.
+
+  Not tf.rank(x) or tf.size(tf.shape(x)): those are answered from the declared rank (by Python
+  when tracing, by grappler's constant folding when the SavedModel runs), so they would say 5
+  for a rank-4 tensor fed to a signature that declares rank 5. Counting the entries of the
+  run-time shape is not folded.
+  """
+  return tf.reduce_sum(tf.cast(tf.shape(x) >= 0, tf.int32))
+
+
 def _video_check(video: tf.Tensor, signature: str, dtype: str) -> tf.Tensor:
-  """`video` (any rank) as [B, T, H, W, 3], failing with what is accepted otherwise."""
+  """`video` (any rank, whatever its spec declares) as [B, T, H, W, 3], failing with what is
+  accepted otherwise."""
   shape = tf.shape(video)
   # A 0 in front keeps the last entry defined for a scalar (shape []).
   channels = tf.concat([[0], shape], axis=0)[-1]
-  ok = tf.logical_and(tf.logical_and(tf.equal(tf.size(shape), 5), tf.equal(channels, 3)),
+  ok = tf.logical_and(tf.logical_and(tf.equal(_runtime_rank(video), 5), tf.equal(channels, 3)),
                       tf.reduce_all(shape[1:4] >= 1))
   check = tf.debugging.Assert(
       ok, [f"{signature}: `video` must be {dtype} {VIDEO_SHAPE} (RGB, channels last, time, "
@@ -327,26 +343,25 @@ class FeatureExtractor(tf.__internal__.tracking.AutoTrackable):
     outputs.update(video_id=example["video_id"], label=example["label"])
     return outputs
 
-  @tf.function(input_signature=[_ANY_FLOAT], autograph=False)
+  @tf.function(input_signature=[SPECS["serving_default"]], autograph=False)
   def serve(self, video):
     """serving_default: float32 [B, T, H, W, 3] in [0, 1] -> features, projection | logits..."""
     video = _range_check(_video_check(video, "serving_default", "float32"), "serving_default")
     return self._inference(video)
 
-  @tf.function(input_signature=[_ANY_UINT8], autograph=False)
+  @tf.function(input_signature=[SPECS["serve_uint8"]], autograph=False)
   def serve_uint8(self, video):
     """uint8 [B, T, H, W, 3] in 0..255 -> what serving_default gives for video / 255."""
     video = _video_check(video, "serve_uint8", "uint8")
     # The same expression as input_pipeline.make_eval_example: equal frames give equal floats.
     return self._inference(tf.cast(video, tf.float32) * (1.0 / 255.0))
 
-  @tf.function(input_signature=[_ANY_STRING], autograph=False)
+  @tf.function(input_signature=[SPECS["serve_examples"]], autograph=False)
   def serve_examples(self, examples):
     """[B] serialized SequenceExamples -> per video: view-averaged outputs, video_id, label."""
     shape = tf.shape(examples)
-    # tf.size(shape), not tf.rank: grappler answers tf.rank from the ensure_shape below.
     check = tf.debugging.Assert(
-        tf.equal(tf.size(shape), 1),
+        tf.equal(_runtime_rank(examples), 1),
         ["serve_examples: `examples` must be a [batch] string tensor of serialized "
          "tf.train.SequenceExample records (cvrl_tf TFRecords); got shape", shape])
     with tf.control_dependencies([check]):
@@ -368,17 +383,17 @@ class FeatureExtractor(tf.__internal__.tracking.AutoTrackable):
     video = _range_check(_video_check(video, "__call__", "float32"), "__call__")
     return self._training(video) if training else self._inference(video)
 
-  @tf.function(input_signature=[_ANY_FLOAT], autograph=False)
+  @tf.function(input_signature=[_VIDEO], autograph=False)
   def call_training(self, video):
     """Training mode (BN batch statistics, moving averages updated; dropout on)."""
     video = _range_check(_video_check(video, "call_training", "float32"), "call_training")
     return self._training(video)
 
   def signatures(self) -> dict:
-    """The serving signatures, traced."""
+    """The serving signatures, traced with the shapes they declare (SPECS)."""
     # Traced once per mode: the Reusable SavedModel convention's `training` argument.
     for training in (False, True):
-      self.__call__.get_concrete_function(_ANY_FLOAT, training=training)
+      self.__call__.get_concrete_function(_VIDEO, training=training)
     return {"serving_default": self.serve.get_concrete_function(),
             "serve_uint8": self.serve_uint8.get_concrete_function(),
             "serve_examples": self.serve_examples.get_concrete_function()}
@@ -401,24 +416,24 @@ def _check_target(export_dir: str, overwrite: bool) -> None:
 def write_saved_model(extractor: FeatureExtractor, export_dir: str, overwrite: bool = False) -> str:
   """Saves `extractor` into a temporary sibling of `export_dir`, then renames it into place.
 
-  A reader sees no export, the old one or the whole new one; an existing non-empty `export_dir`
-  is replaced only with `overwrite`.
+  On a local disk a reader sees no export, the old one or the whole new one. On an object store
+  (gs://) the files are copied into place one by one, saved_model.pb among them: a reader there
+  should wait for the command to finish. An existing non-empty `export_dir` is replaced only with
+  `overwrite`.
 
   Returns:
-    The absolute export directory.
+    The export directory, absolute when local.
   """
-  export_dir = os.path.abspath(export_dir)
+  export_dir = storage.absolute(export_dir)
   _check_target(export_dir, overwrite)
-  parent, name = os.path.dirname(export_dir), os.path.basename(export_dir)
-  os.makedirs(parent, exist_ok=True)
   # A sibling, so the rename stays on one file system.
-  temporary = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+  temporary = storage.temporary_directory_for(export_dir)
   try:
     tf.saved_model.save(extractor, temporary, signatures=extractor.signatures())
     _check_target(export_dir, overwrite)  # again: another process may have written meanwhile
     storage.replace_directory(temporary, export_dir)
   except BaseException:
-    shutil.rmtree(temporary, ignore_errors=True)
+    storage.remove(temporary)
     raise
   return export_dir
 
@@ -450,7 +465,7 @@ def export_info(config, prefix: str, views: input_pipeline.EvalDataConfig, modul
       "format": FORMAT,
       "experiment": config.name,
       "task": task,
-      "checkpoint": os.path.abspath(prefix),
+      "checkpoint": storage.absolute(prefix),
       "step": checkpoint_step(prefix),
       "feature_size": modules["backbone"].output_channels,
       "projection_size": modules["head"].output_size if "head" in modules else None,
@@ -485,29 +500,30 @@ def export(config, checkpoint: str, export_dir: str, *, overwrite: bool = False,
     log: progress lines.
 
   Returns:
-    The absolute export directory.
+    The export directory, absolute when local.
   """
   _check_exportable(config)
-  _check_target(os.path.abspath(export_dir), overwrite)  # before minutes of work, not after
+  _check_target(export_dir, overwrite)  # before minutes of work, not after
   prefix = find_checkpoint(checkpoint)
   views = examples_views(config, num_clips, num_crops)
   label_map = _label_map_for(config, label_map, log)
   modules = build_modules(config)
   restore_modules(modules, prefix)
   log(f"restored {', '.join(modules)} from {prefix}")
-  with tempfile.TemporaryDirectory(prefix="cvrl_export_assets_") as staging:
-    assets = {"config_file": os.path.join(staging, CONFIG_ASSET),
-              "info_file": os.path.join(staging, INFO_ASSET)}
-    with open(assets["config_file"], "w", encoding="utf-8") as f:
-      f.write(cfg.to_json(config))
-    with open(assets["info_file"], "w", encoding="utf-8") as f:
-      json.dump(export_info(config, prefix, views, modules, label_map), f, indent=2)
-    if label_map:
-      assets["label_map_file"] = os.path.join(staging, LABEL_MAP_ASSET)
-      shutil.copyfile(label_map, assets["label_map_file"])
+  # Assets are staged in a private local folder: tf.saved_model.save copies each into the
+  # export's assets/ (on any file system) and the SavedModel records only their names.
+  with storage.local_scratch("cvrl_export_assets_") as staging:
+    assets = {"config_file": storage.join(staging, CONFIG_ASSET),
+              "info_file": storage.join(staging, INFO_ASSET)}
+    storage.atomic_write_text(assets["config_file"], cfg.to_json(config))
+    storage.atomic_write_json(assets["info_file"],
+                              export_info(config, prefix, views, modules, label_map))
+    if label_map:  # may be on gs://: gfile copies across file systems
+      assets["label_map_file"] = storage.join(staging, LABEL_MAP_ASSET)
+      storage.copy(label_map, assets["label_map_file"])
     extractor = FeatureExtractor(modules, views, assets)
     path = write_saved_model(extractor, export_dir, overwrite)
-  assets = ", ".join(sorted(os.listdir(os.path.join(path, "assets"))))
+  assets = ", ".join(storage.listdir(storage.join(path, "assets")))
   log(f"exported to {path}: signatures serving_default (float32 video), serve_uint8, "
       f"serve_examples ({views.num_clips} clips x {views.num_crops} crops of {views.num_frames} "
       f"frames at {views.crop_size}); assets {assets}")

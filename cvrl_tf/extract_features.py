@@ -15,7 +15,8 @@ per video:
   probabilities  [N, K] float32   classifier exports: softmax averaged over the views
   label_names    [K] str          when the export holds a label map
 
-Read it with `np.load(path)` (no pickle needed).
+Read it with `np.load(path)` (no pickle needed). Every path may be on any file system TensorFlow
+reads (local, gs://, s3://); the .npz is written to a temporary name and renamed into place.
 """
 
 import os
@@ -52,8 +53,8 @@ def load_signature(saved_model: str):
 
 def label_names(saved_model: str) -> Optional[list]:
   """The export's class names (assets/label_map.txt), or None."""
-  path = os.path.join(saved_model, "assets", schema.LABEL_MAP_FILE)
-  return schema.read_label_map(path) if os.path.exists(path) else None
+  path = storage.join(saved_model, "assets", schema.LABEL_MAP_FILE)
+  return schema.read_label_map(path) if storage.exists(path) else None
 
 
 def extract_features(saved_model: str, file_pattern: str, batch_size: int = 8,
@@ -94,7 +95,7 @@ def extract_features(saved_model: str, file_pattern: str, batch_size: int = 8,
 
 def write_npz(path: str, arrays: dict, overwrite: bool = False) -> None:
   """Writes `arrays` to `path` as .npz, atomically; an existing file needs `overwrite`."""
-  if os.path.exists(path) and not overwrite:
+  if storage.exists(path) and not overwrite:
     raise FileExistsError(f"--output={path!r} already exists; pass --overwrite to replace it")
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
@@ -122,7 +123,7 @@ def main(argv) -> int:
       raise app.UsageError(f"--{name} is required")
   log = lambda line: print(line, flush=True)
   try:
-    if os.path.exists(flags_.output) and not flags_.overwrite:  # before the work, not after
+    if storage.exists(flags_.output) and not flags_.overwrite:  # before the work, not after
       raise FileExistsError(f"--output={flags_.output!r} already exists; pass --overwrite to "
                             "replace it")
     arrays = extract_features(flags_.saved_model, flags_.tfrecords, flags_.batch_size, log)

@@ -13,7 +13,8 @@ CVRL value) sets it. The output directory holds (see cvrl_tf.resnet3d.save_backb
 
 and is read back by `resnet3d.restore_backbone_checkpoint(model, DIR)` or
 `resnet3d.backbone_from_checkpoint(DIR)`. It is written to a temporary directory and renamed, and
-an existing checkpoint is replaced only with --overwrite.
+an existing checkpoint is replaced only with --overwrite. Both paths may be on any file system
+TensorFlow reads (local, gs://, s3://): --output_dir=gs://bucket/ckpt/r3d50_k600 writes there.
 """
 
 import sys
@@ -25,7 +26,8 @@ _CHECKPOINT = flags.DEFINE_string(
     "model_garden_checkpoint", None,
     "Prefix of the reference release's backbone checkpoint, e.g. DIR/r3d_1x_k600_800ep_backbone-1 "
     "(the name without .index), or a directory holding one.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory of the cvrl_tf checkpoint.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory of the cvrl_tf checkpoint "
+                                  "(local or gs://...).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a checkpoint already in output_dir.")
 _DEPTH = flags.DEFINE_integer("depth", None, "ResNet depth (50, 101, 152, 200); default: read "
                               "off the checkpoint.")

@@ -31,9 +31,7 @@ Checkpoints:
 
 import functools
 import json
-import os
-import shutil
-import uuid
+import re
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import keras
@@ -770,22 +768,49 @@ def _describe(backbone: ResNet3D) -> str:
           f"temporal_kernels={[list(k) for k in backbone.temporal_kernels]})")
 
 
+def latest_checkpoint(directory: str) -> Optional[str]:
+  """The newest training checkpoint prefix (DIR/ckpt-N) in `directory` (any file system), or None.
+
+  The one its `checkpoint` state file names, taken from `directory` itself: the state file of a
+  copied or moved workdir (another bucket, another machine) holds the old absolute paths. Else
+  the highest-numbered ckpt-N there.
+  """
+  state = tf.train.get_checkpoint_state(directory)
+  if state and state.model_checkpoint_path:
+    here = storage.join(directory, storage.basename(state.model_checkpoint_path))
+    if storage.exists(here + ".index"):
+      return here
+  numbered = [(int(m.group(1)), name[:-len(".index")]) for name in storage.listdir(directory)
+              for m in [re.fullmatch(r"ckpt-(\d+)\.index", name)] if m]
+  return storage.join(directory, max(numbered)[1]) if numbered else None
+
+
+def checkpoint_reader(prefix: str):
+  """A reader (get_tensor, has_tensor, get_variable_to_shape_map) of the checkpoint `prefix`.
+
+  Not tf.train.load_checkpoint, which takes any path that passes for a directory as a folder of
+  checkpoints: ram:// calls every leading part of a file name a directory, `DIR/ckpt-3` too.
+  """
+  return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
 def _resolve_prefix(checkpoint: str, kind: str) -> str:
-  """A checkpoint prefix from a prefix or a directory holding one."""
-  if os.path.isdir(checkpoint):
-    for candidate in (os.path.join(checkpoint, CHECKPOINT_PREFIX), tf.train.latest_checkpoint(
-        checkpoint)):
-      if candidate and tf.io.gfile.exists(candidate + ".index"):
+  """A checkpoint prefix from a prefix or a directory holding one (a backbone checkpoint's
+  DIR/backbone, else the latest training checkpoint)."""
+  # The prefix test first: ram:// calls any leading part of a file name a directory.
+  if storage.exists(checkpoint + ".index"):
+    return checkpoint
+  if storage.isdir(checkpoint):
+    for candidate in (storage.join(checkpoint, CHECKPOINT_PREFIX), latest_checkpoint(checkpoint)):
+      if candidate and storage.exists(candidate + ".index"):
         return candidate
     raise FileNotFoundError(
-        f"{kind}: the directory {checkpoint!r} holds no checkpoint (no '{CHECKPOINT_PREFIX}.index' "
-        "and no 'checkpoint' file); pass the checkpoint prefix, e.g. DIR/backbone for "
+        f"{kind}: the directory {checkpoint!r} holds no checkpoint (no '{CHECKPOINT_PREFIX}.index', "
+        "no 'checkpoint' state file, no ckpt-N.index); pass the checkpoint prefix, e.g. DIR/backbone for "
         "DIR/backbone.index")
-  if not tf.io.gfile.exists(checkpoint + ".index"):
-    hint = " (pass the prefix, without .index)" if checkpoint.endswith(".index") else ""
-    raise FileNotFoundError(f"{kind}: no checkpoint at {checkpoint!r}: "
-                            f"{checkpoint + '.index'!r} does not exist{hint}")
-  return checkpoint
+  hint = " (pass the prefix, without .index)" if checkpoint.endswith(".index") else ""
+  raise FileNotFoundError(f"{kind}: no checkpoint at {checkpoint!r}: "
+                          f"{checkpoint + '.index'!r} does not exist{hint}")
 
 
 def _backbone_keys(reader, paths) -> Tuple[Dict[str, str], set]:
@@ -842,7 +867,7 @@ def _read_checked(prefix: str, mapping: Mapping[str, object],
   Raises:
     CheckpointMismatchError naming the first missing key, wrong shape or unused key.
   """
-  reader = tf.train.load_checkpoint(prefix)
+  reader = checkpoint_reader(prefix)
   found, present = _backbone_keys(reader, list(mapping))
   shapes = reader.get_variable_to_shape_map()
   if not present:
@@ -877,7 +902,7 @@ def _assign_all(mapping: Mapping[str, object], values: Mapping[str, np.ndarray])
 
 
 def _model_garden_shapes(prefix: str) -> Dict[str, Tuple[int, ...]]:
-  reader = tf.train.load_checkpoint(prefix)
+  reader = checkpoint_reader(prefix)
   return {k: tuple(s) for k, s in reader.get_variable_to_shape_map().items()
           if k.endswith(_VALUE_SUFFIX)}
 
@@ -988,18 +1013,19 @@ def save_backbone_checkpoint(backbone: ResNet3D, output_dir: str, *, overwrite: 
   Layout: `output_dir/backbone.index`, `backbone.data-*` (tf.train.Checkpoint(backbone=model))
   and `backbone_config.json` = {"format": CHECKPOINT_FORMAT, "class": "ResNet3D",
   "config": backbone.get_config(), "source": source}. The files are written into a temporary
-  sibling directory that is then renamed, so a reader never sees half a checkpoint.
+  sibling directory that is then renamed (storage.replace_directory): on a local disk a reader
+  never sees half a checkpoint; on an object store the files are copied into place one by one.
 
   Args:
     backbone: a built ResNet3D.
-    output_dir: the checkpoint directory; must not hold a checkpoint unless `overwrite`.
+    output_dir: the checkpoint directory (local, gs://, ...); must be empty unless `overwrite`.
     overwrite: replace an existing checkpoint in `output_dir`.
     source: free text recorded in the JSON (e.g. the imported checkpoint's path).
 
   Returns:
     The checkpoint prefix, `output_dir/backbone`.
   """
-  output_dir = os.path.abspath(output_dir)
+  output_dir = storage.absolute(output_dir)
   try:
     contents = storage.directory_contents(output_dir)
   except NotADirectoryError:
@@ -1009,39 +1035,37 @@ def save_backbone_checkpoint(backbone: ResNet3D, output_dir: str, *, overwrite: 
         f"{output_dir!r} is not empty (it holds {contents}); refusing to overwrite it: pass "
         "overwrite=True (--overwrite) or choose a new directory")
   keys = checkpoint_keys(backbone)
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
   # A sibling, so the final rename stays on one file system; makedirs honours the umask (mkdtemp
   # would leave the checkpoint readable by its owner only).
-  tmp = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-  os.makedirs(tmp)
+  tmp = storage.temporary_directory_for(output_dir)
+  storage.makedirs(tmp)
   try:
-    prefix = tf.train.Checkpoint(backbone=backbone).write(os.path.join(tmp, CHECKPOINT_PREFIX))
-    written = {k for k, _ in tf.train.list_variables(prefix) if k.endswith(_VALUE_SUFFIX)}
+    prefix = tf.train.Checkpoint(backbone=backbone).write(storage.join(tmp, CHECKPOINT_PREFIX))
+    written = {k for k in checkpoint_reader(prefix).get_variable_to_shape_map()
+               if k.endswith(_VALUE_SUFFIX)}
     if written != set(keys):
       # Keras changed how it names tracked attributes: the checkpoint would not restore.
       raise RuntimeError(
           f"the written checkpoint's keys differ from checkpoint_keys(): missing "
           f"{sorted(set(keys) - written)[:3]}, unexpected {sorted(written - set(keys))[:3]}")
-    with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-      json.dump({"format": CHECKPOINT_FORMAT, "class": "ResNet3D",
-                 "config": backbone.get_config(), "source": source}, f, indent=1)
+    storage.atomic_write_json(storage.join(tmp, CONFIG_FILE), {
+        "format": CHECKPOINT_FORMAT, "class": "ResNet3D", "config": backbone.get_config(),
+        "source": source}, indent=1)
     storage.replace_directory(tmp, output_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    storage.remove(tmp)
     raise
-  return os.path.join(output_dir, CHECKPOINT_PREFIX)
+  return storage.join(output_dir, CHECKPOINT_PREFIX)
 
 
 def read_backbone_config(checkpoint_dir: str) -> dict:
   """The `config` of a cvrl_tf backbone checkpoint's backbone_config.json."""
-  path = os.path.join(checkpoint_dir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.join(checkpoint_dir, CONFIG_FILE)
+  if not storage.exists(path):
     raise FileNotFoundError(
         f"{path} does not exist: {checkpoint_dir!r} is not a cvrl_tf backbone checkpoint "
         "(make one with `python -m cvrl_tf.import_checkpoint` or save_backbone_checkpoint)")
-  with open(path, encoding="utf-8") as f:
-    info = json.load(f)
+  info = storage.read_json(path)
   if info.get("format") != CHECKPOINT_FORMAT:
     raise ValueError(f"{path}: format {info.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
   return info["config"]
@@ -1052,7 +1076,8 @@ def restore_backbone_checkpoint(backbone: ResNet3D, checkpoint: str) -> int:
 
   Args:
     backbone: a ResNet3D (built here if needed) of the checkpoint's architecture.
-    checkpoint: the checkpoint directory, or its prefix `DIR/backbone`.
+    checkpoint: a backbone checkpoint directory or its prefix `DIR/backbone`; or a training
+      checkpoint prefix `DIR/ckpt-N` or its folder (the latest there). Any file system.
 
   Returns:
     The number of variables restored.
@@ -1066,9 +1091,9 @@ def restore_backbone_checkpoint(backbone: ResNet3D, checkpoint: str) -> int:
       named), or a key is missing, a shape differs, a backbone variable is left over.
   """
   prefix = _resolve_prefix(checkpoint, "restore_backbone_checkpoint")
-  config_path = os.path.join(os.path.dirname(prefix), CONFIG_FILE)
-  if os.path.exists(config_path):
-    saved = read_backbone_config(os.path.dirname(prefix))
+  config_path = storage.join(storage.dirname(prefix), CONFIG_FILE)
+  if storage.exists(config_path):
+    saved = read_backbone_config(storage.dirname(prefix))
     ours = backbone.get_config()
     for field in _ARCHITECTURE_FIELDS:
       if json.loads(json.dumps(ours[field])) != saved.get(field):

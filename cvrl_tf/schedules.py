@@ -3,6 +3,8 @@
   scaled_learning_rate  0.32 at global batch 1024, linear in the batch size (SPEC.md §2)
   epochs_to_steps       epochs × steps_per_epoch, rounded to the nearest step
   WarmupCosineDecay     keras LearningRateSchedule: step -> learning rate
+  SCHEDULES             the names a config gives (optimizer.schedule) -> their classes
+  make_schedule         the schedule a config names
 
 The optimizer calls the schedule with its iteration count before incrementing it, so the update
 of step t uses the rate at t: step 0 gets 0 and the last step before `total_steps` a tiny rate.
@@ -104,3 +106,21 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
   def get_config(self):
     return {"peak_learning_rate": self.peak_learning_rate, "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps, "name": self.name}
+
+
+# The schedules a config can name (optimizer.schedule). Each class takes
+# (peak_learning_rate, total_steps, warmup_steps).
+SCHEDULES = {"warmup_cosine": WarmupCosineDecay}
+
+
+def make_schedule(name: str, peak_learning_rate: float, total_steps: int,
+                  warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+  """The schedule SCHEDULES[name] (e.g. "warmup_cosine") for a run of `total_steps` steps.
+
+  Raises:
+    ValueError naming `name` and the schedules there are.
+  """
+  if name not in SCHEDULES:
+    raise ValueError(f"unknown learning-rate schedule {name!r}; expected one of "
+                     f"{', '.join(sorted(SCHEDULES))}")
+  return SCHEDULES[name](peak_learning_rate, total_steps=total_steps, warmup_steps=warmup_steps)

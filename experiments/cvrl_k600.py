@@ -27,7 +27,8 @@ def get_config() -> cfg.ExperimentConfig:
           name="lars",
           base_learning_rate=0.32,           # lr = 0.32 × batch_size / 1024
           reference_batch_size=1024,
-          momentum=0.9, trust_coefficient=0.001, weight_decay=1e-6, warmup_epochs=5),
+          momentum=0.9, trust_coefficient=0.001, weight_decay=1e-6,
+          schedule="warmup_cosine", warmup_epochs=5),   # 5 epochs linear, then cosine to 0
       train=cfg.TrainConfig(
           global_batch_size=batch_size,      # videos; 2 × batch_size clips
           epochs=800, num_train_examples=K600_TRAIN_VIDEOS,

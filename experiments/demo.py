@@ -44,7 +44,8 @@ def get_config() -> cfg.ExperimentConfig:
           # scaling from 0.32 @ 1024 would give 0.01).
           base_learning_rate=2 * 0.075 * math.sqrt(batch_size) * 1024 / batch_size,
           reference_batch_size=1024,
-          momentum=0.9, trust_coefficient=0.001, weight_decay=1e-6, warmup_epochs=5),
+          momentum=0.9, trust_coefficient=0.001, weight_decay=1e-6,
+          schedule="warmup_cosine", warmup_epochs=5),   # 5 epochs linear, then cosine to 0
       train=cfg.TrainConfig(
           global_batch_size=batch_size, epochs=40, num_train_examples=DEMO_TRAIN_VIDEOS,
           temperature=0.1, steps_per_loop=8, log_every_steps=16, checkpoint_every_steps=80,

@@ -42,6 +42,7 @@ def test_linear_eval_prints_the_spec_values():
   optimizer = printed["optimizer"]
   assert (optimizer["name"], optimizer["momentum"], optimizer["weight_decay"]) == ("sgd", 0.9, 0.0)
   assert (optimizer["base_learning_rate"], optimizer["reference_batch_size"]) == (32.0, 1024)
+  assert (optimizer["schedule"], optimizer["warmup_epochs"]) == ("warmup_cosine", 5)
   assert printed["train"]["epochs"] == 100 and printed["train"]["global_batch_size"] == 1024
   train = printed["train_data"]
   assert (train["num_frames"], train["stride"], train["crop_size"]) == (32, 2, 224)
@@ -116,6 +117,8 @@ def test_overrides_parse_by_type():
     ("train.max_steps=0", "train.max_steps must be >= 1 or none"),
     ("optimizer.base_learning_rate=0", "optimizer.base_learning_rate must be > 0"),
     ("optimizer.warmup_epochs=-1", "need optimizer.warmup_epochs >= 0"),
+    ("optimizer.schedule=cosine", "optimizer.schedule='cosine' is not a schedule cvrl_tf has; "
+                                  "expected one of warmup_cosine"),
     ("data.augmentation.grayscale_probability=2", "data.augmentation.grayscale_probability='2'"),
 ])
 def test_bad_overrides_say_what_is_valid(override, message):
@@ -142,3 +145,35 @@ def test_to_json_round_trips_the_values():
   assert data["derived"]["total_steps"] == config.total_steps
   assert data["model"]["stage_filters"] == list(config.model.stage_filters)
   assert dataclasses.is_dataclass(config.data.augmentation)
+
+
+def test_the_recipe_names_its_schedule(tmp_path):
+  config = cfg.load_experiment("cvrl_k600")
+  assert config.optimizer.schedule == "warmup_cosine"
+  assert json.loads(cfg.to_json(config))["optimizer"]["schedule"] == "warmup_cosine"
+  # An experiment file's value is checked as an override's is.
+  (tmp_path / "step.py").write_text(
+      "from cvrl_tf import config as cfg\n"
+      "from cvrl_tf import input_pipeline\n"
+      "def get_config():\n"
+      "  return cfg.ExperimentConfig(\n"
+      "      data=input_pipeline.PretrainDataConfig(\n"
+      "          reader=input_pipeline.ReaderConfig(file_pattern='/data/train-*')),\n"
+      "      optimizer=cfg.OptimizerConfig(schedule='step'),\n"
+      "      train=cfg.TrainConfig(num_train_examples=2048))\n")
+  with pytest.raises(cfg.ConfigError, match="optimizer.schedule='step' is not a schedule cvrl_tf "
+                     "has; expected one of warmup_cosine"):
+    cfg.load_experiment(str(tmp_path / "step.py"))
+
+
+def test_a_run_from_before_the_schedule_key_still_resumes(tmp_path):
+  from cvrl_tf import train
+  config = cfg.load_experiment("demo")
+  old = json.loads(cfg.to_json(config))
+  del old["optimizer"]["schedule"]            # config.json as cvrl_tf wrote it before the key
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  train.check_resumable(str(tmp_path), cfg.to_json(config))   # the same recipe: resumes
+  changed = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                      warmup_epochs=1.0))
+  with pytest.raises(ValueError, match=r"optimizer.warmup_epochs: 5 -> 1.0"):
+    train.check_resumable(str(tmp_path), cfg.to_json(changed))

@@ -6,6 +6,7 @@ compare what the fresh process got with the in-process Keras models within 1e-5.
 """
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -21,11 +22,13 @@ import tensorflow as tf
 from cvrl_tf import config as cfg
 from cvrl_tf import evaluate
 from cvrl_tf import export
+from cvrl_tf import extract_features
 from cvrl_tf import heads
 from cvrl_tf import input_pipeline
 from cvrl_tf import pretrain
 from cvrl_tf import resnet3d
 from cvrl_tf import schema
+from cvrl_tf import storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
@@ -130,6 +133,10 @@ for name, path in exports.items():
       "regularization_losses": len(loaded.regularization_losses),
       "assets": {key: getattr(loaded, key).asset_path.numpy().decode()
                  for key in ("config_file", "info_file", "label_map_file") if hasattr(loaded, key)},
+      # What saved_model_cli, TF Serving's metadata and Keras read: {input: [shape, dtype]}.
+      "inputs": {signature: {key: [spec.shape.as_list(), spec.dtype.name] for key, spec in
+                             function.structured_input_signature[1].items()}
+                 for signature, function in signatures.items()},
       "errors": {
           "dtype": error_of(lambda: serve(video=tf.constant(inputs["video_uint8"]))),
           "rank": error_of(lambda: serve(video=tf.constant(inputs["video"][0]))),
@@ -138,6 +145,9 @@ for name, path in exports.items():
           "uint8_rank": error_of(lambda: signatures["serve_uint8"](
               video=tf.constant(inputs["video_uint8"][0]))),
           "examples_rank": error_of(lambda: signatures["serve_examples"](examples=records[0])),
+          # The restored functions, as TFSMLayer and Reusable SavedModel wrappers call them.
+          "function_rank": error_of(lambda: loaded.serve(tf.constant(inputs["video"][0]))),
+          "call_rank": error_of(lambda: loaded(tf.constant(inputs["video"][0]))),
       },
   }
 
@@ -385,14 +395,30 @@ def test_variables_stay_trainable_and_assets_are_there(runs, references, name):
   assert not [n for n in os.listdir(runs.root) if n.startswith(".")]
 
 
+@pytest.mark.parametrize("name", ["pretrain", "finetune"])
+def test_signatures_declare_their_shapes(runs, name):
+  video = [[None, None, None, None, 3]]
+  assert runs.facts[name]["inputs"] == {"serving_default": {"video": video + ["float32"]},
+                                        "serve_uint8": {"video": video + ["uint8"]},
+                                        "serve_examples": {"examples": [[None], "string"]}}
+
+
 def test_wrong_dtype_rank_channels_or_range_give_clear_errors(runs):
   errors = runs.facts["pretrain"]["errors"]
   assert "expected to be a float tensor but is a uint8 tensor" in errors["dtype"]
+  # A rank-4 video passes the declared [None, None, None, None, 3] (TensorFlow checks a
+  # signature's dtype only) and reaches our check.
   for kind in ("rank", "channels"):
     assert ("serving_default: `video` must be float32 [batch, time, height, width, 3]"
             in errors[kind]), errors[kind]
   assert "got shape] [4 32 32 3]" in errors["rank"]
   assert "got shape] [2 4 32 32 2]" in errors["channels"]
+  # A restored function matches the call against the declared shape first: TensorFlow's
+  # message, as the module docstring quotes it.
+  assert ("Can not cast TensorSpec(shape=(4, 32, 32, 3), dtype=tf.float32, name='video') to "
+          "TensorSpec(shape=(None, None, None, None, 3)") in errors["function_rank"]
+  assert "Could not find matching concrete function" in errors["call_rank"]
+  assert "TensorSpec(shape=(None, None, None, None, 3)" in errors["call_rank"]
   assert "serve_uint8: `video` must be uint8 [batch, time, height, width, 3]" in \
       errors["uint8_rank"]
   assert "values must lie in [0, 1]" in errors["range"] and "serve_uint8" in errors["range"]
@@ -522,3 +548,122 @@ def test_a_moved_workdir_still_finds_its_latest_checkpoint(runs, tmp_path):
   config, prefix = export.resolve_run(experiment=runs.paths["pretrain"] + ".py",
                                       checkpoint=str(moved))
   assert prefix == str(moved / "ckpt-2") and config.data.crop_size == 32
+
+
+# ---- on a non-local file system (ram://, TensorFlow's in-memory one, behaves like gs://)
+
+TINY_MODEL = cfg.ModelConfig(depth=18, stem_filters=4, stage_filters=(4, 8, 8, 8),
+                             head_hidden_sizes=(16,), head_output_size=8)
+
+TINY_PRETRAIN = '''
+"""A tiny pretraining experiment (its data are never read by export)."""
+from cvrl_tf import config as cfg
+from cvrl_tf import input_pipeline
+
+
+def get_config():
+  return cfg.ExperimentConfig(
+      data=input_pipeline.PretrainDataConfig(
+          reader=input_pipeline.ReaderConfig(file_pattern="/nowhere/train-*"),
+          num_frames=4, stride=2, crop_size=32),
+      model=cfg.ModelConfig(depth=18, stem_filters=4, stage_filters=(4, 8, 8, 8),
+                            head_hidden_sizes=(16,), head_output_size=8),
+      train=cfg.TrainConfig(global_batch_size=2, epochs=1, num_train_examples=2))
+'''
+
+
+def _tiny_finetune(data_dir):
+  reader = input_pipeline.ReaderConfig(file_pattern=f"{data_dir}/val-*.tfrecord",
+                                       per_replica_batch_size=2)
+  return cfg.ClassificationExperimentConfig(
+      name="tiny_finetune", task="finetune",
+      train_data=input_pipeline.ClassificationTrainDataConfig(
+          reader=reader, num_frames=4, stride=2, crop_size=32),
+      eval_data=input_pipeline.EvalDataConfig(reader=reader, num_frames=4, stride=2, num_clips=1,
+                                              num_crops=1, short_side=32, crop_size=32),
+      model=TINY_MODEL, classifier=cfg.ClassifierConfig(normalize=False),
+      train=cfg.TrainConfig(global_batch_size=2, epochs=1, num_train_examples=2),
+      evaluation=cfg.EvaluationConfig(num_classes=3, allow_random_backbone=True))
+
+
+def _save_training_checkpoint(modules, directory, step):
+  """What a training run leaves: DIR/ckpt-N and the `checkpoint` state file naming it."""
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(**modules), directory, max_to_keep=2)
+  return manager.save(checkpoint_number=step)
+
+
+def test_export_features_and_init_checkpoint_on_ram_leave_no_local_files(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a relative local path would land here
+  root = f"ram://export_test_{os.getpid()}_{np.random.default_rng().integers(1 << 30)}"
+  data = f"{root}/data"
+  rng = np.random.default_rng(2)
+  storage.makedirs(data)
+  with tf.io.TFRecordWriter(f"{data}/val-00000-of-00001.tfrecord") as writer:
+    for index in range(3):
+      writer.write(_video(rng, 200 + index, index, frames=8))
+  storage.atomic_write_text(f"{data}/{schema.LABEL_MAP_FILE}", "class0\nclass1\nclass2\n")
+  config = _tiny_finetune(data)
+  modules = export.build_modules(config)
+  _save_training_checkpoint(modules, f"{root}/run/checkpoints", step=3)
+
+  # 1) Export from the checkpoint folder; the label map is found beside the shards.
+  path = export.export(config, f"{root}/run/checkpoints", f"{root}/export", log=lambda _: None)
+  assert path == f"{root}/export" and tf.saved_model.contains_saved_model(path)
+  assert storage.listdir(f"{path}/assets") == ["config.json", "export_info.json", "label_map.txt"]
+  info = storage.read_json(f"{path}/assets/export_info.json")
+  assert info["checkpoint"] == f"{root}/run/checkpoints/ckpt-3" and info["step"] == 3
+  assert [n for n in storage.listdir(root) if n.startswith(".")] == []  # no temporary left
+
+  # 2) Loaded from ram://, it computes what the Keras layers compute.
+  loaded = tf.saved_model.load(path)
+  video = tf.constant(rng.random((2, 4, 32, 32, 3), dtype=np.float32))
+  got = loaded.signatures["serving_default"](video=video)
+  pooled = modules["backbone"](video, training=False)["pooled"]
+  _assert_close(got["features"], pooled, "features")
+  _assert_close(got["logits"], modules["classifier"](pooled, training=False), "logits")
+  spec = loaded.signatures["serving_default"].structured_input_signature[1]["video"]
+  assert spec.shape.as_list() == [None, None, None, None, 3] and spec.dtype == tf.float32
+
+  # 3) Features of every record to a ram:// .npz, label names from the export's asset.
+  arrays = extract_features.extract_features(path, f"{data}/val-*.tfrecord", batch_size=2)
+  extract_features.write_npz(f"{root}/features.npz", arrays)
+  with np.load(io.BytesIO(storage.read_bytes(f"{root}/features.npz"))) as saved:
+    assert list(saved["video_id"]) == ["v200", "v201", "v202"]
+    assert list(saved["label_names"]) == ["class0", "class1", "class2"]
+    np.testing.assert_array_equal(saved["label"], [0, 1, 2])
+    assert saved["features"].shape == (3, 8)
+
+  # 4) --init_checkpoint=ram://.../checkpoints, the folder form; also once the folder moved
+  # (its state file still names the old paths).
+  for folder in (f"{root}/run/checkpoints", f"{root}/moved"):
+    if folder.endswith("moved"):
+      for name in storage.listdir(f"{root}/run/checkpoints"):
+        storage.copy(f"{root}/run/checkpoints/{name}", f"{folder}/{name}")
+      storage.remove(f"{root}/run")
+      assert resnet3d.latest_checkpoint(folder) == f"{folder}/ckpt-3"
+    backbone = pretrain.build_backbone(config.model, 4, 32)
+    message = pretrain.restore_initial_backbone(backbone, folder)
+    assert message.startswith("restored ") and folder in message
+    for ours, theirs in zip(modules["backbone"].weights, backbone.weights):
+      np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+  storage.remove(root)
+  assert os.listdir(tmp_path) == []
+
+
+def test_the_export_command_writes_to_ram_and_leaves_no_local_folder(tmp_path):
+  experiment = tmp_path / "tiny_pretrain.py"
+  experiment.write_text(TINY_PRETRAIN)
+  config = cfg.load_experiment(str(experiment))
+  _save_training_checkpoint(export.build_modules(config), str(tmp_path / "checkpoints"), step=1)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+  run = subprocess.run(
+      [sys.executable, "-m", "cvrl_tf.export", f"--experiment={experiment}",
+       f"--checkpoint={tmp_path / 'checkpoints'}", "--export_dir=ram://cli_export/tiny",
+       "--num_clips=1", "--num_crops=1"],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "exported to ram://cli_export/tiny" in run.stdout
+  assert os.listdir(cwd) == []  # no ./ram: folder

@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cvrl_tf import resnet3d
+from cvrl_tf import storage
 
 REFERENCE = "/work/shared/reference"
 if not os.path.isdir(REFERENCE):
@@ -19,10 +21,11 @@ NARROW_PREFIX = os.path.join(NARROW, "backbone")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_import(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def run_import(*args, cwd=REPO):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
   return subprocess.run([sys.executable, "-m", "cvrl_tf.import_checkpoint", *args],
-                        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+                        capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +179,37 @@ def test_save_refuses_to_overwrite(tmp_path):
     resnet3d.save_backbone_checkpoint(model, str(tmp_path / "ckpt"))
   resnet3d.save_backbone_checkpoint(model, str(tmp_path / "ckpt"), overwrite=True)
   assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_save_and_restore_on_ram_leave_no_local_files(tmp_path, monkeypatch):
+  # ram:// (TensorFlow's in-memory file system) behaves like gs:// and fails like it for open().
+  monkeypatch.chdir(tmp_path)  # a relative local path would land here
+  root = f"ram://backbone_test_{uuid.uuid4().hex[:8]}"
+  model = tiny()
+  model.build()
+  prefix = resnet3d.save_backbone_checkpoint(model, f"{root}/ckpt", source="test")
+  assert prefix == f"{root}/ckpt/backbone" and storage.listdir(root) == ["ckpt"]
+  assert storage.listdir(f"{root}/ckpt") == [
+      "backbone.data-00000-of-00001", "backbone.index", "backbone_config.json"]
+  assert resnet3d.read_backbone_config(f"{root}/ckpt")["stage_filters"] == [2, 3, 4, 5]
+  from_directory = resnet3d.backbone_from_checkpoint(f"{root}/ckpt")
+  from_prefix = tiny()
+  assert resnet3d.restore_backbone_checkpoint(from_prefix, prefix) == len(model.weights)
+  for restored in (from_directory, from_prefix):
+    for ours, theirs in zip(model.weights, restored.weights):
+      np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+  with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    resnet3d.save_backbone_checkpoint(model, f"{root}/ckpt")
+  resnet3d.save_backbone_checkpoint(model, f"{root}/ckpt", overwrite=True)
+  assert storage.listdir(root) == ["ckpt"]  # no temporary or old copy left
+  storage.remove(root)
+  assert os.listdir(tmp_path) == []
+
+
+def test_the_import_command_writes_to_ram_and_leaves_no_local_folder(tmp_path):
+  run = run_import(f"--model_garden_checkpoint={NARROW_PREFIX}",
+                   "--output_dir=ram://imported/r3d50_narrow", cwd=str(tmp_path))
+  assert run.returncode == 0, run.stderr[-3000:]
+  # Written, then read back bit-exactly from ram:// by the command itself.
+  assert "into ram://imported/r3d50_narrow/backbone" in run.stdout
+  assert os.listdir(tmp_path) == []  # no ./ram: folder

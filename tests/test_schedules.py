@@ -105,3 +105,14 @@ def test_rejects_bad_arguments():
     schedules.WarmupCosineDecay(-0.1, total_steps=10)
   with pytest.raises(ValueError, match="steps_per_epoch"):
     schedules.epochs_to_steps(1, 0)
+
+
+def test_a_config_names_its_schedule():
+  schedule = schedules.make_schedule("warmup_cosine", 0.32, total_steps=110, warmup_steps=10)
+  assert isinstance(schedule, schedules.WarmupCosineDecay)
+  assert (schedule.peak_learning_rate, schedule.total_steps, schedule.warmup_steps) == \
+      (0.32, 110, 10)
+  assert _rate(schedule, 60) == pytest.approx(0.16)
+  with pytest.raises(ValueError, match="unknown learning-rate schedule 'cosine'; expected one of "
+                     "warmup_cosine"):
+    schedules.make_schedule("cosine", 0.32, total_steps=110, warmup_steps=10)
