@@ -9,13 +9,12 @@
 A run starts from train.init_checkpoint (a pretraining checkpoint, an imported backbone or a
 reference-release backbone) and refuses to start when that does not load: see
 pretrain.restore_initial_backbone. Evaluation (cvrl_tf.evaluate, the 30-view protocol) runs every
-evaluation.eval_every_steps and at the end, into <workdir>/metrics.json.
+evaluation.eval_every_steps and at the end, on every replica of every host; the chief writes
+<workdir>/metrics.json.
 """
 
 import dataclasses
-import json
-import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -30,7 +29,6 @@ from cvrl_tf import loop
 from cvrl_tf import losses
 from cvrl_tf import pretrain
 from cvrl_tf import runtime
-from cvrl_tf import schema
 from cvrl_tf import storage
 
 SUBSET_FILE = "label_subset.json"
@@ -62,19 +60,24 @@ def choose_subset(video_labels: Sequence[tuple], fraction: float, seed: int) -> 
   return sorted(chosen)
 
 
-def load_or_choose_subset(workdir: str, train_pattern: str, eval_pattern: str, fraction: float,
-                          seed: int, log=print) -> list:
-  """The run's semi-supervised subset: read from <workdir>/label_subset.json, or chosen and
-  written there. Fails when the subset shares videos with the evaluation split."""
-  path = os.path.join(workdir, SUBSET_FILE)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-    if saved["fraction"] != fraction or saved["seed"] != seed:
-      raise ValueError(f"{path} holds a subset of fraction {saved['fraction']} (seed "
-                       f"{saved['seed']}), this run asks for {fraction} (seed {seed}); use a "
-                       "new --workdir")
-    return saved["videos"]
+def read_subset(workdir: str, fraction: float, seed: int) -> Optional[list]:
+  """The video ids of <workdir>/label_subset.json, None when there is none; fails when it holds
+  another fraction or seed."""
+  path = storage.join(workdir, SUBSET_FILE)
+  if not storage.exists(path):
+    return None
+  saved = storage.read_json(path)
+  if saved["fraction"] != fraction or saved["seed"] != seed:
+    raise ValueError(f"{path} holds a subset of fraction {saved['fraction']} (seed "
+                     f"{saved['seed']}), this run asks for {fraction} (seed {seed}); use a "
+                     "new --workdir")
+  return saved["videos"]
+
+
+def make_subset_record(train_pattern: str, eval_pattern: str, fraction: float, seed: int,
+                       log=print) -> dict:
+  """Chooses the subset (choose_subset) from the training shards' labels; fails when it shares
+  videos with the evaluation split. Returns what label_subset.json holds ("videos": the ids)."""
   log(f"choosing {fraction:.2%} of the labelled videos of {train_pattern} (reads the shards' "
       "context features once)")
   video_labels = input_pipeline.read_video_labels(train_pattern)
@@ -87,12 +90,25 @@ def load_or_choose_subset(workdir: str, train_pattern: str, eval_pattern: str, f
   per_class = {}
   for video_id in subset:
     per_class[labels[video_id]] = per_class.get(labels[video_id], 0) + 1
-  record = {"fraction": fraction, "seed": seed, "num_videos": len(subset),
-            "of_videos": len(video_labels),
-            "per_class": {str(k): v for k, v in sorted(per_class.items())}, "videos": subset}
-  storage.atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
-  log(f"training subset: {len(subset)} of {len(video_labels)} videos, written to {path}")
-  return subset
+  return {"fraction": fraction, "seed": seed, "num_videos": len(subset),
+          "of_videos": len(video_labels),
+          "per_class": {str(k): v for k, v in sorted(per_class.items())}, "videos": subset}
+
+
+def load_or_choose_subset(workdir: str, train_pattern: str, eval_pattern: str, fraction: float,
+                          seed: int, log=print, write: bool = True) -> list:
+  """The run's semi-supervised subset: read from <workdir>/label_subset.json, or chosen (and
+  written there when `write`: on the chief; the other workers choose the same one)."""
+  saved = read_subset(workdir, fraction, seed)
+  if saved is not None:
+    return saved
+  record = make_subset_record(train_pattern, eval_pattern, fraction, seed, log)
+  if write:
+    path = storage.join(workdir, SUBSET_FILE)
+    storage.atomic_write_json(path, record, indent=1)
+    log(f"training subset: {record['num_videos']} of {record['of_videos']} videos, written to "
+        f"{path}")
+  return record["videos"]
 
 
 class Trainer(loop.TrainLoop):
@@ -135,7 +151,7 @@ class Trainer(loop.TrainLoop):
       self.subset = load_or_choose_subset(
           self.workdir, self.config.train_data.reader.file_pattern,
           self.config.eval_data.reader.file_pattern, evaluation.label_fraction,
-          evaluation.subset_seed, self.log)
+          evaluation.subset_seed, self.log, write=runtime.is_chief(self.strategy))
 
   # ---- the step
 
@@ -168,14 +184,14 @@ class Trainer(loop.TrainLoop):
     return (cross_entropy, regularization / self.replicas, tf.reduce_sum(correct) / global_batch,
             gradient_norm)
 
-  def dataset(self, segment_start: int):
+  def dataset(self, segment_start: int, skip_steps: int = 0):
     data = self.config.train_data
     reader = self.segment_reader(data.reader, segment_start)
     data = dataclasses.replace(data, reader=reader)
     return self.strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.classification_train_dataset(
             data, context, num_classes=self.config.evaluation.num_classes,
-            video_ids=self.subset))
+            video_ids=self.subset, skip_batches=skip_steps * loop.batches_per_step(context)))
 
   def progress_line(self, step, total, values, clips_per_s, eta) -> str:
     return (f"step {step}/{total}  loss {values[0] + values[1]:.4f}  train top-1 {values[2]:.3f}  "
@@ -190,40 +206,45 @@ class Trainer(loop.TrainLoop):
     return {"logits": self.classifier(pooled, training=False), "features": pooled}
 
   def evaluate(self, step: int) -> dict:
-    """The multi-view evaluation of the current weights; writes metrics.json on the chief."""
+    """The multi-view evaluation of the current weights on every replica; call it on every host.
+
+    Every host gets the metrics; the chief writes metrics.json, the PNG and the summaries.
+    """
     config = self.config
     evaluation = config.evaluation
-    label_map = evaluate.find_label_map(evaluation.label_map, config.eval_data.reader.file_pattern)
+    data = config.eval_data
+    label_map = evaluate.find_label_map(evaluation.label_map, data.reader.file_pattern)
     names = evaluate.label_names(label_map, evaluation.num_classes)
-    dataset = input_pipeline.eval_dataset(config.eval_data, num_classes=evaluation.num_classes)
-    outputs = evaluate.predict(self.model_outputs, dataset, self.log)
+    outputs = evaluate.predict(
+        self.model_outputs,
+        lambda context: input_pipeline.padded_eval_dataset(
+            data, context, num_classes=evaluation.num_classes),
+        self.log, self.strategy)
     metrics = evaluate.classification_metrics(outputs["probabilities"], outputs["label"], names)
-    metrics.update(step=step, protocol=f"{config.eval_data.num_clips} clips x "
-                   f"{config.eval_data.num_crops} crops, softmax averaged",
-                   views_per_video=config.eval_data.num_views, task=config.task,
+    metrics.update(step=step, protocol=f"{data.num_clips} clips x {data.num_crops} crops, "
+                   "softmax averaged", views_per_video=data.num_views, task=config.task,
                    init_checkpoint=config.train.init_checkpoint, label_map=label_map or "")
     self.history = [h for h in self.history if h["step"] != step]
     self.history.append({"step": step, "top1": metrics["top1"], "top5": metrics["top5"]})
-    evaluate.write_report(self.workdir, metrics, names, evaluation.confusion_matrix_max_classes,
-                          history=self.history)
-    with self.writer.as_default(step=step):
-      tf.summary.scalar("eval/top1", metrics["top1"])
-      tf.summary.scalar("eval/top5", metrics["top5"])
-    self.writer.flush()
+    if runtime.is_chief(self.strategy):
+      evaluate.write_report(self.workdir, metrics, names, evaluation.confusion_matrix_max_classes,
+                            history=self.history)
+      with self.writer.as_default(step=step):
+        tf.summary.scalar("eval/top1", metrics["top1"])
+        tf.summary.scalar("eval/top5", metrics["top5"])
+      self.writer.flush()
     self.log(f"evaluation at step {step}: top-1 {metrics['top1']:.4f}  top-5 "
              f"{metrics['top5']:.4f}  mean class accuracy {metrics['mean_class_accuracy']:.4f} "
-             f"on {metrics['num_videos']} videos x {config.eval_data.num_views} views")
+             f"on {metrics['num_videos']} videos x {data.num_views} views, "
+             f"{self.replicas} replica(s)")
     return metrics
 
   def on_segment_end(self, step: int) -> None:
     every = self.config.evaluation.eval_every_steps
-    due = every and step % every == 0 and step < self.config.stop_step
-    if due and runtime.is_chief(self.strategy):
-      self.evaluate(step)
+    if every and step % every == 0 and step < self.config.stop_step:
+      self.evaluate(step)  # on every worker: the evaluation is collective
 
   def run(self) -> dict:
-    """Trains to the stop step (if not there yet), then the final evaluation (chief only)."""
+    """Trains to the stop step (if not there yet), then the final evaluation (every worker)."""
     self.train()
-    if not runtime.is_chief(self.strategy):
-      return {}
     return self.evaluate(self.step)

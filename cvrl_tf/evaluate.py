@@ -2,17 +2,18 @@
 
 The paper's protocol (SPEC.md §2): each test video is read as num_clips clips evenly spaced in time
 × num_crops crops (30 views); the softmax probabilities of the views are averaged, and the video is
-scored by top-1 / top-5 of that average. `predict` runs a model over `input_pipeline.eval_dataset`
-batches, `classification_metrics` scores the result, `write_report` writes metrics.json and, for
-small label sets, a confusion-matrix PNG.
+scored by top-1 / top-5 of that average. `predict` runs a model over
+`input_pipeline.padded_eval_dataset` batches, `classification_metrics` scores the result,
+`write_report` writes metrics.json and, for small label sets, a confusion-matrix PNG.
 
-Evaluation runs on the calling host's default device, outside the training strategy: on a cluster
-only the chief evaluates (the others wait at their next collective).
+Evaluation runs under the training strategy, on every replica of every host: each host reads its
+share of the videos, each replica runs the model on its batches, and the per-video outputs are
+gathered to every host (so all hosts hold the same results; only the chief writes files).
 """
 
-import json
-import os
-from typing import Callable, Dict, Optional, Sequence
+import io
+import time
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +23,9 @@ from cvrl_tf import storage
 
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
+# Video ids cross hosts as numbers: collectives carry no strings, and a TPU takes none. The
+# UTF-8 bytes of an id are packed four to an int32; bytes beyond this many are cut.
+VIDEO_ID_BYTES = 256
 
 
 def average_view_probabilities(logits: tf.Tensor) -> tf.Tensor:
@@ -36,57 +40,158 @@ def average_view_probabilities(logits: tf.Tensor) -> tf.Tensor:
   return tf.reduce_mean(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), axis=1)
 
 
-def view_function(model: Callable[[tf.Tensor], Dict[str, tf.Tensor]]) -> Callable:
-  """Wraps `model` ([N, T, S, S, 3] clips -> dict of [N, ...] outputs) for [B, V, ...] videos.
-
-  Returns:
-    A tf.function: {"video": [B, V, T, S, S, 3]} -> the model's outputs averaged over V per video
-    ("logits" become averaged softmax "probabilities"; other outputs are averaged as they are).
-  """
-
-  @tf.function(reduce_retracing=True)
-  def run(video):
-    shape = tf.shape(video)
-    batch, views = shape[0], shape[1]
-    outputs = model(tf.reshape(video, tf.concat([[batch * views], shape[2:]], axis=0)))
-    averaged = {}
-    for name, value in outputs.items():
-      value = tf.reshape(value, tf.concat([[batch, views], tf.shape(value)[1:]], axis=0))
-      if name == "logits":
-        averaged["probabilities"] = average_view_probabilities(value)
-      else:
-        averaged[name] = tf.reduce_mean(tf.cast(value, tf.float32), axis=1)
-    return averaged
-
-  return run
-
-
-def predict(model: Callable[[tf.Tensor], Dict[str, tf.Tensor]], dataset: tf.data.Dataset,
-            log: Optional[Callable[[str], None]] = None) -> Dict[str, np.ndarray]:
-  """Runs `model` over every view of every video of `dataset` (one pass).
+def average_views(model: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+                  video: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """Runs `model` ([N, T, S, S, 3] clips -> dict of [N, ...] outputs) on every view of a batch.
 
   Args:
-    model: [N, T, S, S, 3] -> {"logits": [N, C], and/or other [N, ...] outputs}.
-    dataset: batches of input_pipeline.eval_dataset ({"video": [B, V, ...], "label", "video_id"}).
-    log: called with a progress line every 100 batches.
+    video: [B, V, T, S, S, 3].
+
+  Returns:
+    The model's outputs averaged over V per video ("logits" become averaged softmax
+    "probabilities"; other outputs are averaged as they are, in float32).
+  """
+  shape = tf.shape(video)
+  batch, views = shape[0], shape[1]
+  outputs = model(tf.reshape(video, tf.concat([[batch * views], shape[2:]], axis=0)))
+  averaged = {}
+  for name, value in outputs.items():
+    value = tf.reshape(value, tf.concat([[batch, views], tf.shape(value)[1:]], axis=0))
+    if name == "logits":
+      averaged["probabilities"] = average_view_probabilities(value)
+    else:
+      averaged[name] = tf.reduce_mean(tf.cast(value, tf.float32), axis=1)
+  return averaged
+
+
+def view_function(model: Callable[[tf.Tensor], Dict[str, tf.Tensor]]) -> Callable:
+  """`average_views` of `model` as a tf.function of the [B, V, T, S, S, 3] video batch."""
+  return tf.function(lambda video: average_views(model, video), reduce_retracing=True)
+
+
+def pack_video_ids(video_ids: tf.Tensor) -> tf.Tensor:
+  """[B] string -> [B, VIDEO_ID_BYTES // 4] int32: the UTF-8 bytes, zero-padded (or cut)."""
+  return tf.io.decode_raw(video_ids, tf.int32, little_endian=True, fixed_length=VIDEO_ID_BYTES)
+
+
+def unpack_video_ids(packed: np.ndarray) -> np.ndarray:
+  """Inverse of `pack_video_ids`: [N, VIDEO_ID_BYTES // 4] int32 -> [N] str."""
+  raw = np.ascontiguousarray(packed, dtype="<i4").view(np.uint8).reshape(len(packed), -1)
+  return np.array([bytes(row).rstrip(b"\0").decode("utf-8", "replace") for row in raw], dtype=str)
+
+
+def _replica_inputs(batch: dict) -> dict:
+  """A batch as the replicas take it: numbers only, and a "valid" mask (all rows if absent)."""
+  inputs = {"video": batch["video"], "label": tf.cast(batch["label"], tf.int32),
+            "video_id": pack_video_ids(batch["video_id"]),
+            "valid": batch.get("valid", tf.ones_like(batch["label"], tf.bool))}
+  if "position" in batch:
+    inputs["position"] = batch["position"]
+  return inputs
+
+
+def _distribute(strategy: tf.distribute.Strategy, dataset):
+  """`dataset` (a Dataset, or a function of an InputContext) as a distributed dataset."""
+  if isinstance(dataset, tf.data.Dataset):
+    if strategy.num_replicas_in_sync > 1:
+      raise ValueError(
+          f"a tf.data.Dataset runs on one replica; for {strategy.num_replicas_in_sync} replicas "
+          "pass a function of a tf.distribute.InputContext that returns "
+          "input_pipeline.padded_eval_dataset(config, context)")
+    whole = dataset
+    dataset = lambda _: whole
+
+  def replica_batches(context):
+    batches = dataset(context)
+    if context.num_replicas_in_sync > 1 and "valid" not in batches.element_spec:
+      # Without padding, hosts would run out of batches at different steps and the collectives
+      # of the one with more would wait forever.
+      raise ValueError(
+          "evaluation on several replicas needs endless padded batches with a 'valid' mask "
+          f"(input_pipeline.padded_eval_dataset); got batches of {sorted(batches.element_spec)}")
+    return batches.map(_replica_inputs)
+
+  return strategy.distribute_datasets_from_function(replica_batches)
+
+
+def predict(model: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+            dataset: Union[tf.data.Dataset, Callable[[tf.distribute.InputContext],
+                                                     tf.data.Dataset]],
+            log: Optional[Callable[[str], None]] = None,
+            strategy: Optional[tf.distribute.Strategy] = None) -> Dict[str, np.ndarray]:
+  """Runs `model` over every view of every video (one pass) on every replica of `strategy`.
+
+  Call it on every host (with MultiWorkerMirroredStrategy every worker must): each runs the same
+  number of steps, and each gets every video's outputs.
+
+  Args:
+    model: [N, T, S, S, 3] -> {"logits": [N, C], and/or other [N, ...] outputs}; its variables
+      created under `strategy`'s scope.
+    dataset: a function of a tf.distribute.InputContext returning that host's
+      input_pipeline.padded_eval_dataset (any strategy), or a finite tf.data.Dataset of
+      input_pipeline.eval_dataset batches (one replica only). Rows with valid=False never count.
+    log: called with where the evaluation runs, a progress line every 100 steps, and the total.
+    strategy: the default strategy (one device) if None.
 
   Returns:
     {"label": [N] int32, "video_id": [N] str, and per output its view average: "probabilities"
-    [N, C] for "logits", "<name>" [N, ...] otherwise}.
+    [N, C] for "logits", "<name>" [N, ...] otherwise}, for the N real videos: in file order
+    (file by file, record by record) when the batches carry "position", else as read.
   """
-  run = view_function(model)
-  parts = {}
-  for index, batch in enumerate(dataset):
-    outputs = {name: value.numpy() for name, value in run(batch["video"]).items()}
-    outputs["label"] = batch["label"].numpy()
-    outputs["video_id"] = np.array([v.decode("utf-8", "replace") for v in batch["video_id"].numpy()])
+  strategy = strategy or tf.distribute.get_strategy()
+  distributed = _distribute(strategy, dataset)
+
+  @tf.function(reduce_retracing=True)
+  def count_valid(batch):  # valid rows of the step on all replicas of all hosts (same everywhere)
+    counts = strategy.run(lambda inputs: tf.reduce_sum(tf.cast(inputs["valid"], tf.int32)),
+                          args=(batch,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None)
+
+  @tf.function(reduce_retracing=True)
+  def step(batch):
+    def replica_step(inputs):
+      outputs = average_views(model, inputs["video"])
+      outputs.update({name: value for name, value in inputs.items() if name != "video"})
+      outputs["valid"] = tf.cast(outputs["valid"], tf.int32)  # collectives gather no bools
+      return outputs
+
+    outputs = strategy.run(replica_step, args=(batch,))
+    # [R·B, ...] on every host, replica by replica (the workers' replicas in task order).
+    return {name: strategy.gather(value, axis=0) for name, value in outputs.items()}
+
+  replicas = strategy.num_replicas_in_sync
+  where = f"{replicas} replica(s) ({type(strategy).__name__})"
+  parts, videos, start = {}, 0, time.monotonic()
+  for index, batch in enumerate(distributed):
+    if index == 0 and log:
+      video = strategy.experimental_local_results(batch["video"])[0]  # [B, V, T, S, S, 3]
+      log(f"evaluating {video.shape[1]} views per video on {where}, {video.shape[0]} videos per "
+          "replica per step")
+    if int(count_valid(batch)) == 0:  # every host's videos are done
+      break
+    outputs = {name: value.numpy() for name, value in step(batch).items()}
+    valid = outputs.pop("valid").astype(bool)
     for name, value in outputs.items():
-      parts.setdefault(name, []).append(value)
+      parts.setdefault(name, []).append(value[valid])
+    videos += int(valid.sum())
     if log and (index + 1) % 100 == 0:
-      log(f"evaluated {sum(len(p) for p in parts['label'])} videos")
-  if not parts:
+      log(f"evaluated {videos} videos")
+  if not videos:
     raise ValueError("the evaluation dataset is empty: no videos to evaluate")
-  return {name: np.concatenate(values) for name, values in parts.items()}
+  if log:
+    log(f"evaluated {videos} videos on {where} in {time.monotonic() - start:.1f} s")
+  return _assemble(parts)
+
+
+def _assemble(parts: Dict[str, list]) -> Dict[str, np.ndarray]:
+  """The valid rows of every step, concatenated, ids unpacked, in file order if positioned."""
+  outputs = {name: np.concatenate(values) for name, values in parts.items()}
+  outputs["video_id"] = unpack_video_ids(outputs["video_id"])
+  position = outputs.pop("position", None)
+  if position is not None:
+    order = np.lexsort((position[:, 1], position[:, 0]))  # by file, then by record
+    outputs = {name: value[order] for name, value in outputs.items()}
+  return outputs
 
 
 def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -147,13 +252,13 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray,
 def find_label_map(label_map: str, file_pattern: str) -> Optional[str]:
   """`label_map` if set, else the label_map.txt beside the first shard of `file_pattern`."""
   if label_map:
-    if not tf.io.gfile.exists(label_map):
+    if not storage.exists(label_map):
       raise FileNotFoundError(f"evaluation.label_map={label_map!r} does not exist")
     return label_map
-  files = sorted(tf.io.gfile.glob(file_pattern.split(",")[0].strip()))
+  files = storage.glob(file_pattern.split(",")[0].strip())
   if files:
-    candidate = os.path.join(os.path.dirname(files[0]), schema.LABEL_MAP_FILE)
-    if tf.io.gfile.exists(candidate):
+    candidate = storage.join(storage.dirname(files[0]), schema.LABEL_MAP_FILE)
+    if storage.exists(candidate):
       return candidate
   return None
 
@@ -172,7 +277,7 @@ def label_names(label_map_path: Optional[str], num_classes: int) -> list:
 
 def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: str,
                           title: str = "") -> None:
-  """Writes a row-normalised confusion matrix as a PNG (atomically)."""
+  """Writes a row-normalised confusion matrix as a PNG (atomically, on any file system)."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot
@@ -194,10 +299,10 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: str,
   axes.set_title(title, fontsize=9)
   figure.colorbar(image, ax=axes, fraction=0.046)
   figure.tight_layout()
-  temporary = f"{path}.tmp-{os.getpid()}.png"
-  figure.savefig(temporary, dpi=110)
+  png = io.BytesIO()
+  figure.savefig(png, format="png", dpi=110)
   pyplot.close(figure)
-  os.replace(temporary, path)
+  storage.atomic_write_bytes(path, png.getvalue())
 
 
 def write_report(workdir: str, metrics: dict, names: Sequence[str], max_plot_classes: int,
@@ -214,11 +319,11 @@ def write_report(workdir: str, metrics: dict, names: Sequence[str], max_plot_cla
   record = dict(metrics)
   if history is not None:
     record["history"] = history
-  path = os.path.join(workdir, file_name)
-  storage.atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+  path = storage.join(workdir, file_name)
+  storage.atomic_write_json(path, record)
   if len(names) <= max_plot_classes:
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), names,
-                          os.path.join(workdir, os.path.splitext(file_name)[0].replace(
+                          storage.join(workdir, storage.splitext(file_name)[0].replace(
                               "metrics", "confusion_matrix") + ".png"),
                           title=f"top-1 {metrics['top1']:.1%} on {metrics['num_videos']} videos")
   return path
@@ -226,8 +331,7 @@ def write_report(workdir: str, metrics: dict, names: Sequence[str], max_plot_cla
 
 def read_history(workdir: str, file_name: str = METRICS_FILE) -> list:
   """The `history` of an earlier metrics file of the run (for resumed runs), else []."""
-  path = os.path.join(workdir, file_name)
-  if not os.path.exists(path):
+  path = storage.join(workdir, file_name)
+  if not storage.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return json.load(f).get("history", [])
+  return storage.read_json(path).get("history", [])

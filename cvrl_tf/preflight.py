@@ -4,12 +4,12 @@ A linear evaluation that trains for hours and then finds no evaluation files, or
 names 400 classes for a 600-way classifier, has wasted the hours. `check_run` reads, before
 anything is built or written:
 
-  1. every data group's files: the pattern matches files, and the first record of a sample of
-     them parses, has frames that decode as JPEG, and (for labelled data) a label in
-     [0, evaluation.num_classes); a labelled group of up to 256 MB has every label checked;
-  2. the label map: an explicit evaluation.label_map exists, the one in use names exactly
+  1. the label map: an explicit evaluation.label_map exists, the one in use names exactly
      evaluation.num_classes classes, and the training split's label map (beside its shards) is
      the evaluation split's (else class indices would mean different classes);
+  2. every data group's files: the pattern matches files, and the first record of a sample of
+     them parses, has frames that decode as JPEG, and (for labelled data) a label in
+     [0, evaluation.num_classes); a labelled group of up to 256 MB has every label checked;
   3. train.init_checkpoint, for a run that is not resuming: it loads into the configured backbone;
   4. last, the workdir: it can be created and written (a probe file, removed again).
 
@@ -182,11 +182,11 @@ def check_run(config, workdir: str, log: Callable[[str], None] = print) -> None:
   """
   labelled = not isinstance(config, cfg.ExperimentConfig)
   num_classes = config.evaluation.num_classes if labelled else None
-  for key, pattern, is_labelled in data_groups(config):
-    log(f"checked {check_records(key, pattern, num_classes if is_labelled else None)}")
-  if labelled:
+  if labelled:  # first: a label map of another size explains out-of-range labels best
     cfg.require_backbone(config)
     log(f"checked {check_label_map(config)}")
+  for key, pattern, is_labelled in data_groups(config):
+    log(f"checked {check_records(key, pattern, num_classes if is_labelled else None)}")
   if config.train.init_checkpoint and not resuming(workdir):
     log(f"checked train.init_checkpoint: {check_init_checkpoint(config, *_backbone_input(config))}")
   try:

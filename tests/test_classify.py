@@ -117,6 +117,7 @@ def test_linear_eval_of_the_demo_pretraining_end_to_end(data, pretrained, tmp_pa
   # A periodic evaluation at step 2, and the final one.
   assert metrics["step"] == 3 and [h["step"] for h in metrics["history"]] == [2, 3]
   assert "evaluation at step 2:" in result.stdout
+  assert "evaluating 6 views per video on 1 replica(s)" in result.stdout   # under the strategy
   assert os.path.exists(os.path.join(workdir, "confusion_matrix.png"))
   # Frozen means frozen: after 3 steps at LR 1, every backbone variable, the BN moving
   # statistics included, equals the pretraining checkpoint's; the classifier did move.
@@ -179,14 +180,18 @@ def test_evaluation_refuses_a_backbone_that_did_not_load(data, pretrained, tmp_p
 
 
 def test_labels_outside_the_classifier_fail_naming_the_video(data, tmp_path):
-  args = ["--config=evaluation.allow_random_backbone=true", "--config=evaluation.num_classes=4",
-          "--config=bank_data.num_clips=1", "--config=eval_data.num_clips=1"]
-  # The label map beside the shards disagrees with num_classes: caught before anything runs.
-  result = _run("demo_knn", str(tmp_path / "map"), *args,
+  args = ["--config=evaluation.allow_random_backbone=true", "--config=bank_data.num_clips=1",
+          "--config=eval_data.num_clips=1"]
+  # A label map that disagrees with num_classes (8, the labels all in range): caught before
+  # anything runs.
+  six = tmp_path / "six_classes.txt"
+  six.write_text(schema.format_label_map([f"class {i}" for i in range(6)]))
+  result = _run("demo_knn", str(tmp_path / "map"), *args, f"--config=evaluation.label_map={six}",
                 f"--config=bank_data.reader.file_pattern={data['train']}",
                 f"--config=eval_data.reader.file_pattern={data['val']}", check=False)
   assert result.returncode == 2
-  assert "names 8 classes but evaluation.num_classes is 4" in result.stderr
+  assert "names 6 classes but evaluation.num_classes is 8" in result.stderr
+  args.append("--config=evaluation.num_classes=4")
   # Without a label map, the first record whose label has no logit names its video (a small
   # split has every label read before anything runs).
   bare = tmp_path / "bare"
@@ -198,4 +203,4 @@ def test_labels_outside_the_classifier_fail_naming_the_video(data, tmp_path):
                 f"--config=eval_data.reader.file_pattern={bare / 'val-*'}", check=False)
   assert result.returncode == 2
   assert "outside [0, evaluation.num_classes=4)" in result.stderr and "train_4_" in result.stderr
-  assert not (tmp_path / "labels").exists()
+  assert not (tmp_path / "labels").exists() and not (tmp_path / "map").exists()

@@ -61,8 +61,8 @@ def test_a_good_run_passes_and_the_workdir_is_made_last(tmp_path, monkeypatch):
   lines = []
   preflight.check_run(linear_eval(files), storage.join(root, "run"), lines.append)
   assert lines == [
-      "checked train_data: 2 files, every label", "checked eval_data: 1 files, every label",
-      f"checked label map: {storage.join(root, 'data', 'label_map.txt')} (3 classes)"]
+      f"checked label map: {storage.join(root, 'data', 'label_map.txt')} (3 classes)",
+      "checked train_data: 2 files, every label", "checked eval_data: 1 files, every label"]
   assert storage.listdir(storage.join(root, "run")) == []
   assert os.listdir(tmp_path) == []
 
