@@ -225,17 +225,22 @@ def _read_records(reader: ReaderConfig, input_context, training: bool, seed: int
   return dataset
 
 
-def _map_examples(dataset, process, reader: ReaderConfig, seed: int, counter, training: bool):
-  """Maps `process(serialized, seed)` with per-example seeds, counting / skipping failures."""
+def _map_examples(dataset, process, reader: ReaderConfig, seed: int, counter, training: bool,
+                  skip: int = 0):
+  """Maps `process(serialized, seed)` with per-example seeds, counting / skipping failures;
+  passes over the first `skip` examples."""
   seeds = tf.data.Dataset.counter(dtype=tf.int64).map(
       lambda i: tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), i))
   dataset = tf.data.Dataset.zip((dataset, seeds))
+  if skip and not reader.skip_corrupt:
+    # Before the map: no decoding, and each later record keeps its position's seed.
+    dataset = dataset.skip(skip)
 
   def counted(serialized, example_seed):
     if counter is None:
       return process(serialized, example_seed)
     with tf.control_dependencies([counter.attempted.assign_add(1)]):
-      serialized = tf.identity(serialized)
+      serialized = tf.nest.map_structure(tf.identity, serialized)  # a record, or (record, ...)
     outputs = process(serialized, example_seed)
     with tf.control_dependencies(tf.nest.flatten(outputs)):
       done = counter.succeeded.assign_add(1)
@@ -246,6 +251,8 @@ def _map_examples(dataset, process, reader: ReaderConfig, seed: int, counter, tr
                         deterministic=reader.deterministic or not training)
   if reader.skip_corrupt:
     dataset = dataset.ignore_errors(log_warning=True)
+    if skip:  # dropped records shift the positions: skip decoded examples
+      dataset = dataset.skip(skip)
   return dataset
 
 
@@ -523,8 +530,13 @@ def make_eval_example(serialized: tf.Tensor, config: EvalDataConfig,
 
 def pretrain_dataset(config: PretrainDataConfig,
                      input_context: Optional[tf.distribute.InputContext] = None,
-                     counter: Optional[CorruptRecordCounter] = None) -> tf.data.Dataset:
+                     counter: Optional[CorruptRecordCounter] = None,
+                     skip_batches: int = 0) -> tf.data.Dataset:
   """Endless CVRL pretraining batches for one input pipeline.
+
+  Args:
+    skip_batches: batches to pass over, the same as `.skip(skip_batches)` on the result but
+      without decoding them (a run resumed inside a data segment; exact with deterministic).
 
   Returns:
     Dataset of {"view_1", "view_2"}: [B, T, S, S, 3] float32 in [0, 1] (uint8, cropped and
@@ -535,7 +547,8 @@ def pretrain_dataset(config: PretrainDataConfig,
   view_function = _pretrain_view_function(config)
   examples = _map_examples(records,
                            lambda s, k: make_pretrain_example(s, k, config, view_function),
-                           config.reader, seed, counter, training=True)
+                           config.reader, seed, counter, training=True,
+                           skip=skip_batches * config.reader.per_replica_batch_size)
   return _finish(examples, config.reader, training=True)
 
 
@@ -543,12 +556,14 @@ def classification_train_dataset(config: ClassificationTrainDataConfig,
                                  input_context: Optional[tf.distribute.InputContext] = None,
                                  counter: Optional[CorruptRecordCounter] = None,
                                  num_classes: Optional[int] = None,
-                                 video_ids: Optional[Sequence[str]] = None):
+                                 video_ids: Optional[Sequence[str]] = None,
+                                 skip_batches: int = 0):
   """Endless labelled training batches: {"video": [B, T, S, S, 3] float32, "label": [B] int32}.
 
   Args:
     num_classes: when given, labels outside [0, num_classes) fail naming the video.
     video_ids: when given, only these videos (a semi-supervised subset, see read_video_labels).
+    skip_batches: as in `pretrain_dataset`.
   """
   seed = _base_seed(config.reader, input_context)
   records = _read_records(config.reader, input_context, training=True, seed=seed)
@@ -558,24 +573,101 @@ def classification_train_dataset(config: ClassificationTrainDataConfig,
   examples = _map_examples(
       records,
       lambda s, k: make_classification_train_example(s, k, config, view_function, num_classes),
-      config.reader, seed, counter, training=True)
+      config.reader, seed, counter, training=True,
+      skip=skip_batches * config.reader.per_replica_batch_size)
   return _finish(examples, config.reader, training=True)
+
+
+def _eval_records(reader: ReaderConfig, input_context) -> tf.data.Dataset:
+  """(serialized record, [2] int32 position) of this input pipeline's share of the split.
+
+  The position is (file index in the sorted file list, record index in the file): it orders the
+  gathered results the same way whatever the number of hosts and replicas. Every video is read by
+  exactly one pipeline: with at least as many files as pipelines, pipeline i reads files i,
+  i + n, i + 2n, ... (uneven shares are fine, evaluation pads); with fewer files, every pipeline
+  reads every record in the same deterministic order and keeps every n-th (each host then reads
+  all the bytes, but decodes only its share).
+  """
+  files = list_files(reader.file_pattern)
+  num_pipelines = input_context.num_input_pipelines if input_context else 1
+  pipeline_id = input_context.input_pipeline_id if input_context else 0
+  by_file = len(files) >= num_pipelines
+  file_indices = list(range(len(files)))
+  if by_file:
+    file_indices = file_indices[pipeline_id::num_pipelines]
+  paths = tf.constant(files)
+
+  def read_file(file_index):
+    records = tf.data.TFRecordDataset(tf.gather(paths, file_index)).enumerate()
+    return records.map(lambda index, serialized: (
+        serialized, tf.stack([file_index, tf.cast(index, tf.int32)])))
+
+  dataset = tf.data.Dataset.from_tensor_slices(tf.constant(file_indices, tf.int32)).interleave(
+      read_file, cycle_length=min(reader.cycle_length, len(file_indices)), block_length=1,
+      num_parallel_calls=AUTOTUNE, deterministic=True)
+  if not by_file:
+    dataset = dataset.shard(num_pipelines, pipeline_id)
+  return dataset
+
+
+def _eval_examples(config: EvalDataConfig, input_context, counter, num_classes) -> tf.data.Dataset:
+  """This pipeline's videos: make_eval_example(...) + "position" [2] int32, in a fixed order."""
+  def process(record, _):
+    serialized, position = record
+    return dict(make_eval_example(serialized, config, num_classes), position=position)
+
+  # Evaluation draws no random numbers: the per-example seeds _map_examples zips in go unused.
+  return _map_examples(_eval_records(config.reader, input_context), process, config.reader,
+                       seed=0, counter=counter, training=False)
 
 
 def eval_dataset(config: EvalDataConfig,
                  input_context: Optional[tf.distribute.InputContext] = None,
                  counter: Optional[CorruptRecordCounter] = None,
                  num_classes: Optional[int] = None) -> tf.data.Dataset:
-  """One pass over this host's videos in file order, each as num_clips × num_crops views.
+  """One pass over this host's videos, each as num_clips × num_crops views.
+
+  Runs as it is on one device; under a strategy use `padded_eval_dataset`.
 
   Returns:
     Dataset of {"video": [B, V, T, S, S, 3] float32 in [0, 1], "label": [B] int32,
-    "video_id": [B] string} with
-    V = num_clips * num_crops laid out clip-major (see `make_eval_example`); the last batch may be
-    smaller.
+    "video_id": [B] string, "position": [B, 2] int32 (file index, record index in the file)}
+    with V = num_clips * num_crops laid out clip-major (see `make_eval_example`); the last batch
+    may be smaller.
   """
-  seed = _base_seed(config.reader, input_context)
-  records = _read_records(config.reader, input_context, training=False, seed=seed)
-  examples = _map_examples(records, lambda s, _: make_eval_example(s, config, num_classes),
-                           config.reader, seed, counter, training=False)
+  examples = _eval_examples(config, input_context, counter, num_classes)
   return _finish(examples, config.reader, training=False)
+
+
+def padding_eval_example(config: EvalDataConfig) -> dict:
+  """The row that fills evaluation batches after the last video: zeros, valid=False."""
+  return {"video": tf.zeros([config.num_views, config.num_frames, config.crop_size,
+                             config.crop_size, 3]),
+          "label": tf.constant(0, tf.int32), "video_id": tf.constant(""),
+          "position": tf.constant([-1, -1], tf.int32), "valid": tf.constant(False)}
+
+
+def padded_eval_dataset(config: EvalDataConfig,
+                        input_context: Optional[tf.distribute.InputContext] = None,
+                        counter: Optional[CorruptRecordCounter] = None,
+                        num_classes: Optional[int] = None) -> tf.data.Dataset:
+  """Endless full batches for evaluation under a strategy: this host's videos, then padding.
+
+  Every replica of every host must take the same number of steps (MultiWorkerMirrored's calls
+  are collective) though hosts hold different numbers of videos, and accelerators want one batch
+  shape. So after its last video each pipeline yields `padding_eval_example` rows (valid=False)
+  forever; evaluate.predict stops at the first step in which no replica has a valid row.
+
+  Returns:
+    Dataset of eval_dataset's batches, all of per_replica_batch_size rows, with "valid": [B] bool.
+  """
+  examples = _eval_examples(config, input_context, counter, num_classes)
+  examples = examples.map(lambda example: dict(example, valid=tf.constant(True)))
+  # Made lazily per row: a constant [V, T, S, S, 3] (0.75 GB at 30 × 32 × 256²) would sit in the
+  # graph.
+  padding = tf.data.Dataset.from_tensors(0).repeat().map(lambda _: padding_eval_example(config))
+  dataset = examples.concatenate(padding).batch(config.reader.per_replica_batch_size,
+                                                drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  return dataset.with_options(options).prefetch(AUTOTUNE)

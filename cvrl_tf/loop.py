@@ -9,20 +9,38 @@ Data are read in segments of `checkpoint_every_steps` steps: the pipeline of the
 starts at step s is seeded from (train.seed, s). A run that resumes from the checkpoint at step s
 therefore sees exactly the batches an uninterrupted run sees, without saving the input pipeline's
 buffers in the checkpoint (gigabytes of videos at Kinetics scale). The price is one pipeline
-start per segment.
+start per segment. A checkpoint inside a segment (a preemption's) resumes in that segment's
+pipeline, past the records the steps before it consumed (skipped before decoding), so it too sees
+the uninterrupted run's batches.
+
+Preemption (SIGTERM from GKE, Slurm, a TPU maintenance event): the entry point's signal handler
+calls `request_stop`; at the end of the current multi-step call every worker learns whether any
+worker was asked to stop (one small collective per call), and if so they all save a
+checkpoint at that step and `train` raises `Preempted`. tf.distribute's PreemptionCheckpointHandler
+does the same for MultiWorkerMirrored on Borg and GCE GPU VMs, but not for TPU or CPU VMs on GCE,
+numbers checkpoints by calls instead of steps and adds its own variable to the checkpoint.
+
+Multi-worker: every worker restores from the workdir's checkpoints, and `restore` checks that they
+all reached the same step (a workdir that is not shared, a stale copy on one host) instead of
+letting mismatched collectives hang.
 """
 
 import abc
 import dataclasses
-import os
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from cvrl_tf import config as cfg
 from cvrl_tf import resnet3d
 from cvrl_tf import runtime
+from cvrl_tf import storage
+
+# What a preempted run exits with: 128 + SIGTERM, what schedulers see when SIGTERM kills a process
+# and what tf.distribute's preemption handler uses on GCE. Not 0: Kubernetes Jobs and Slurm would
+# count the run as finished. Restart the same command to resume.
+PREEMPTED_EXIT_CODE = 143
 
 
 def mix_seed(seed: int, step) -> int:
@@ -32,6 +50,24 @@ def mix_seed(seed: int, step) -> int:
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the last checkpoint before it is kept."""
+
+
+class WorkersDisagreeError(RuntimeError):
+  """Workers restored different steps; training them together would hang."""
+
+
+class Preempted(Exception):
+  """The run stopped on request (SIGTERM) after saving a checkpoint at `step`."""
+
+  def __init__(self, step: int, checkpoint: str):
+    super().__init__(f"stopped on request (SIGTERM) at step {step}; saved {checkpoint}. Run the "
+                     "same command again to resume")
+    self.step = step
+
+
+def batches_per_step(context: tf.distribute.InputContext) -> int:
+  """Per-replica batches one host's pipeline yields per step: one for each of its replicas."""
+  return context.num_replicas_in_sync // context.num_input_pipelines
 
 
 def duration(seconds: float) -> str:
@@ -48,7 +84,7 @@ class TrainLoop(abc.ABC):
   Subclasses set `summary_names` (TensorBoard tags of the values `replica_step` returns, the
   first being the loss; a gradient norm is appended), `clips_per_example`, and implement
   `build`, `replica_step`, `dataset` and `restore_initial`. `on_segment_end(step)` runs after
-  every checkpoint (periodic evaluation).
+  every checkpoint (periodic evaluation). Only the chief writes (checkpoints, summaries).
   """
 
   summary_names: Sequence[str] = ()
@@ -71,14 +107,18 @@ class TrainLoop(abc.ABC):
       self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
     self.checkpoint = tf.train.Checkpoint(**objects)
     # Every worker restores from the chief's checkpoints (all workers must resume at the same
-    # step); saving is collective, so the other workers write throw-away copies elsewhere.
-    self.checkpoint_dir = os.path.join(workdir, "checkpoints")
+    # step); saving is collective, and runtime.save_checkpoint keeps only the chief's copy.
+    self.checkpoint_dir = storage.join(workdir, "checkpoints")
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, runtime.save_dir(self.checkpoint_dir, strategy),
-        max_to_keep=config.train.keep_checkpoints, step_counter=self.optimizer.iterations)
-    self.writer = (tf.summary.create_file_writer(os.path.join(workdir, "summaries", "train"))
+        self.checkpoint, self.checkpoint_dir, max_to_keep=config.train.keep_checkpoints,
+        step_counter=self.optimizer.iterations)
+    self.writer = (tf.summary.create_file_writer(storage.join(workdir, "summaries", "train"))
                    if runtime.is_chief(strategy) else tf.summary.create_noop_writer())
     self._loop = tf.function(self._train_loop)
+    self._min_max = runtime.min_max_over_replicas(strategy)
+    # request_stop defers the stop to the next call boundary while `train` runs.
+    self._training = False
+    self._stop_requested = False
 
   # ---- what a subclass provides
 
@@ -91,8 +131,10 @@ class TrainLoop(abc.ABC):
     """One step on this replica's batch; returns a tuple of global-batch shares."""
 
   @abc.abstractmethod
-  def dataset(self, segment_start: int):
-    """The distributed dataset of the segment that starts at `segment_start`."""
+  def dataset(self, segment_start: int, skip_steps: int):
+    """The distributed dataset of the segment that starts at `segment_start`, without the
+    batches of its first `skip_steps` steps (a run resumed inside the segment). Skip per-replica
+    batches with the pipelines' `skip_batches` (`skip_steps * batches_per_step(context)`)."""
 
   @abc.abstractmethod
   def restore_initial(self) -> str:
@@ -108,7 +150,13 @@ class TrainLoop(abc.ABC):
     return int(self.optimizer.iterations.numpy())
 
   def restore(self) -> str:
-    """Resumes from the run's latest checkpoint, else initialises it (restore_initial)."""
+    """Resumes from the run's latest checkpoint, else initialises it (restore_initial).
+
+    A collective: every worker must call it, and all must reach the same step.
+
+    Raises:
+      WorkersDisagreeError naming the lowest and highest step when they do not.
+    """
     latest = tf.train.latest_checkpoint(self.checkpoint_dir)
     if latest:
       try:
@@ -118,8 +166,26 @@ class TrainLoop(abc.ABC):
             f"{latest} does not fit this run's model and optimizer ({str(e)[:300]}); was the "
             "workdir made with another config? Use a new --workdir (and --init_checkpoint to "
             "start from its backbone)") from None
-      return f"resumed from {latest} at step {self.step}"
-    return self.restore_initial()
+      done = f"resumed from {latest} at step {self.step}"
+    else:
+      done = self.restore_initial()
+    check_same_step(self.step, self._min_max(self.step), self.checkpoint_dir, latest)
+    return done
+
+  def request_stop(self) -> bool:
+    """Asks the run to stop (for a SIGTERM handler); returns whether `train` will act on it.
+
+    While `train` runs, it stops at the end of the current call (or checkpoint, or periodic
+    evaluation): every worker saves a checkpoint of that step, then `train` raises Preempted.
+    Outside `train` (set-up, a final evaluation) there is nothing unsaved, and this returns
+    False: the caller then exits at once.
+    """
+    self._stop_requested = True
+    return self._training
+
+  def _stop_agreed(self) -> bool:
+    # Any worker asked: all stop at this step (a collective after every call, on every worker).
+    return self._min_max(int(self._stop_requested))[1] > 0
 
   def segment_reader(self, reader, segment_start: int):
     """`reader` (an input_pipeline.ReaderConfig) for the data segment starting at `segment_start`:
@@ -185,37 +251,72 @@ class TrainLoop(abc.ABC):
     return (f"step {step}/{total}  loss {values[0]:.4f}  lr {float(self.schedule(step - 1)):.4g}  "
             f"{clips_per_s:.1f} clips/s  ETA {duration(eta)}")
 
+  def _save(self) -> str:
+    runtime.save_checkpoint(self.manager, self.step, self.strategy)
+    self.log(f"saved checkpoint at step {self.step}")
+    return storage.join(self.checkpoint_dir, f"ckpt-{self.step}")
+
   def train(self) -> dict:
-    """Runs to config.stop_step from wherever the run is; returns the last logged values."""
+    """Runs to config.stop_step from wherever the run is; returns the last logged values.
+
+    Raises:
+      Preempted: after `request_stop`, once every worker saved a checkpoint of the same step.
+    """
     train = self.config.train
-    total = self.config.stop_step
+    total, every = self.config.stop_step, train.checkpoint_every_steps
     clips_per_step = self.clips_per_example * train.global_batch_size
     last = {}
     run_start, run_start_step = time.monotonic(), self.step
-    while self.step < total:
-      segment_start = self.step
-      segment_end = min(total, (segment_start // train.checkpoint_every_steps + 1)
-                        * train.checkpoint_every_steps)
-      iterator = iter(self.dataset(segment_start))
-      while self.step < segment_end:
-        # Calls end on log boundaries so every logged line covers whole, equal-sized calls.
-        next_log = (self.step // train.log_every_steps + 1) * train.log_every_steps
-        num_steps = min(train.steps_per_loop, segment_end - self.step, next_log - self.step)
-        start = time.monotonic()
-        values = self._loop(iterator, tf.constant(num_steps)).numpy()
-        seconds = time.monotonic() - start
-        self._check_finite()
-        step = self.step
-        if step % train.log_every_steps == 0 or step == total:
-          clips_per_s = num_steps * clips_per_step / max(seconds, 1e-9)
-          self._write_summaries(step, values, clips_per_s)
-          done = step - run_start_step
-          eta = (total - step) * (time.monotonic() - run_start) / max(done, 1)
-          last = {"step": step, "clips_per_second": clips_per_s, "gradient_norm": float(values[-1])}
-          last.update({name: float(v) for name, v in zip(self.summary_names, values)})
-          self.log(self.progress_line(step, total, values, clips_per_s, eta))
-      self.manager.save(checkpoint_number=self.step)
-      runtime.discard_scratch(self.manager.directory, self.checkpoint_dir)
-      self.log(f"saved checkpoint at step {self.step}")
-      self.on_segment_end(self.step)
+    try:
+      self._training = True
+      while self.step < total:
+        # A run resumed inside a segment reads on in that segment's pipeline.
+        segment_start = self.step // every * every
+        segment_end = min(total, segment_start + every)
+        iterator = iter(self.dataset(segment_start, self.step - segment_start))
+        stop = False
+        while self.step < segment_end and not stop:
+          # Calls end on log boundaries so every logged line covers whole, equal-sized calls.
+          next_log = (self.step // train.log_every_steps + 1) * train.log_every_steps
+          num_steps = min(train.steps_per_loop, segment_end - self.step, next_log - self.step)
+          start = time.monotonic()
+          values = self._loop(iterator, tf.constant(num_steps)).numpy()
+          seconds = time.monotonic() - start
+          self._check_finite()
+          step = self.step
+          if step % train.log_every_steps == 0 or step == total:
+            clips_per_s = num_steps * clips_per_step / max(seconds, 1e-9)
+            self._write_summaries(step, values, clips_per_s)
+            done = step - run_start_step
+            eta = (total - step) * (time.monotonic() - run_start) / max(done, 1)
+            last = {"step": step, "clips_per_second": clips_per_s,
+                    "gradient_norm": float(values[-1])}
+            last.update({name: float(v) for name, v in zip(self.summary_names, values)})
+            self.log(self.progress_line(step, total, values, clips_per_s, eta))
+          stop = self._stop_agreed()
+        saved = self._save()
+        if not stop:
+          self.on_segment_end(self.step)
+          stop = self._stop_agreed()  # asked during the save or the evaluation
+        if stop:
+          raise Preempted(self.step, saved)
+    finally:
+      self._training = False
     return last
+
+
+def check_same_step(step: int, min_max: Tuple[int, int], checkpoint_dir: str,
+                    latest: Optional[str]) -> None:
+  """Fails when the workers' restored steps (`min_max`: lowest, highest) differ.
+
+  Raises:
+    WorkersDisagreeError naming both steps, this worker's and what it read.
+  """
+  low, high = min_max
+  if low != high:
+    read = f"restored {latest}" if latest else "found no checkpoint"
+    raise WorkersDisagreeError(
+        f"workers restored different steps ({low} and {high}); this worker {read} in "
+        f"{checkpoint_dir!r} (step {step}). Every worker must read the same checkpoints: is the "
+        "workdir a local path on each host instead of shared storage (gs://, NFS), or a stale "
+        "copy on one of them?")

@@ -63,8 +63,8 @@ def build_optimizer(config, layers, variables):
     variables: the variables the optimizer updates.
   """
   opt = config.optimizer
-  schedule = schedules.WarmupCosineDecay(config.learning_rate, total_steps=config.total_steps,
-                                         warmup_steps=config.warmup_steps)
+  schedule = schedules.make_schedule(opt.schedule, config.learning_rate, config.total_steps,
+                                     config.warmup_steps)
   if opt.name == "lars":
     optimizer = lars.LARS(schedule, momentum=opt.momentum, weight_decay=opt.weight_decay,
                           trust_coefficient=opt.trust_coefficient)
@@ -93,6 +93,32 @@ def restore_initial_backbone(backbone: resnet3d.ResNet3D, path: str) -> str:
       raise resnet3d.CheckpointMismatchError(
           f"--init_checkpoint={path!r} matches this backbone neither as a cvrl_tf checkpoint "
           f"({ours}) nor as a reference-release checkpoint ({reference})") from None
+
+
+def replicated_rows(data: input_pipeline.PretrainDataConfig, context: tf.distribute.InputContext,
+                    skip_steps: int = 0) -> tf.data.Dataset:
+  """This host's rows of the global batches every host builds alike (input_sharding=replicate).
+
+  Replica r of host h takes rows [(h·R_h + r)·B, (h·R_h + r + 1)·B) of each global batch, as it
+  would on a single host (B = data.reader.per_replica_batch_size, R_h replicas per host). The
+  order is deterministic even when the run is not: a sloppy interleave or map would let each
+  host reorder its records and build a different "identical" batch.
+
+  Args:
+    skip_steps: global batches to pass over (a run resumed inside a data segment).
+
+  Returns:
+    Dataset of {"view_1", "view_2"}: [B, T, S, S, 3], the host's replicas' batches in turn.
+  """
+  per_replica = data.reader.per_replica_batch_size
+  global_batch = input_pipeline.global_batch_size(per_replica, context)
+  whole = dataclasses.replace(data, reader=dataclasses.replace(
+      data.reader, per_replica_batch_size=global_batch, deterministic=True))
+  start = context.input_pipeline_id * loop.batches_per_step(context) * per_replica
+  stop = start + loop.batches_per_step(context) * per_replica
+  dataset = input_pipeline.pretrain_dataset(whole, None, skip_batches=skip_steps)
+  dataset = dataset.map(lambda batch: {k: v[start:stop] for k, v in batch.items()})
+  return dataset.unbatch().batch(per_replica, drop_remainder=True)
 
 
 class Trainer(loop.TrainLoop):
@@ -150,28 +176,16 @@ class Trainer(loop.TrainLoop):
 
   # ---- the data
 
-  def dataset(self, segment_start: int):
+  def dataset(self, segment_start: int, skip_steps: int = 0):
     data = self.config.data
     reader = self.segment_reader(data.reader, segment_start)
     data = dataclasses.replace(data, reader=reader)
     if self.config.train.input_sharding == "files":
       return self.strategy.distribute_datasets_from_function(
-          lambda context: input_pipeline.pretrain_dataset(data, context))
-    global_batch = self.config.train.global_batch_size
-    whole = dataclasses.replace(
-        data, reader=dataclasses.replace(reader, per_replica_batch_size=global_batch))
-
-    def rows_of_this_host(context):
-      # Every host builds the same global batches; replica r of host h takes rows
-      # [(h·R_h + r)·B, (h·R_h + r + 1)·B), as it would on a single host.
-      local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-      start = context.input_pipeline_id * local_replicas * self.per_replica_batch
-      stop = start + local_replicas * self.per_replica_batch
-      dataset = input_pipeline.pretrain_dataset(whole, None)
-      dataset = dataset.map(lambda batch: {k: v[start:stop] for k, v in batch.items()})
-      return dataset.unbatch().batch(self.per_replica_batch, drop_remainder=True)
-
-    return self.strategy.distribute_datasets_from_function(rows_of_this_host)
+          lambda context: input_pipeline.pretrain_dataset(
+              data, context, skip_batches=skip_steps * loop.batches_per_step(context)))
+    return self.strategy.distribute_datasets_from_function(
+        lambda context: replicated_rows(data, context, skip_steps))
 
   # ---- the log
 

@@ -5,10 +5,12 @@ Library code: everything is a function of its arguments (the entry points read t
 
 import json
 import os
-import shutil
-import tempfile
+from typing import Callable, Tuple
+
 import keras
 import tensorflow as tf
+
+from cvrl_tf import storage
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
@@ -67,24 +69,47 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                   and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def save_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
-  """Where this worker saves: `directory` on the chief, a private scratch folder elsewhere.
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int,
+                    strategy: tf.distribute.Strategy) -> None:
+  """Saves `manager`'s checkpoint as number `step`; only the chief's copy is kept.
 
-  MultiWorkerMirrored saving is collective (every worker must call save), but only the chief's
-  copy belongs in the run's directory; the others are discarded after each save.
+  MultiWorkerMirrored saving is collective (every worker must call save: reading the synced
+  variables all-reduces), but only the chief's copy belongs in the run's directory. The other
+  workers save into a private local scratch folder that is deleted at once, folder included.
   """
   if is_chief(strategy):
-    return directory
+    manager.save(checkpoint_number=step)
+    return
   resolver = strategy.cluster_resolver
-  return tempfile.mkdtemp(prefix=f"cvrl_{resolver.task_type}{resolver.task_id}_checkpoint_")
+  scratch = storage.make_local_scratch(
+      prefix=f"cvrl_{resolver.task_type}{resolver.task_id}_checkpoint_")
+  try:
+    tf.train.CheckpointManager(manager.checkpoint, scratch, max_to_keep=1).save(
+        checkpoint_number=step)
+  finally:
+    storage.remove(scratch)
 
 
-def discard_scratch(saved_in: str, directory: str) -> None:
-  """Deletes a non-chief worker's scratch copy (see save_dir); keeps the chief's."""
-  if os.path.abspath(saved_in) != os.path.abspath(directory):
-    for name in os.listdir(saved_in):
-      path = os.path.join(saved_in, name)
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+def min_max_over_replicas(strategy: tf.distribute.Strategy
+                          ) -> Callable[[int], Tuple[int, int]]:
+  """A function `value -> (min, max)` of an int32 `value` over every replica of every worker.
+
+  A collective: every worker must call it, in the same order as its other collectives. Built
+  once (a traced tf.function; ~0.5 ms a call on one host); works for the default, Mirrored,
+  MultiWorkerMirrored and TPU strategies (ReduceOp has only SUM and MEAN, so: gather, then
+  reduce locally).
+  """
+  @tf.function
+  def gather_min_max(value):
+    per_replica = strategy.run(lambda v: tf.reshape(v, [1]), args=(value,))
+    values = strategy.gather(per_replica, axis=0)  # [replicas]
+    return tf.reduce_min(values), tf.reduce_max(values)
+
+  def min_max(value: int) -> Tuple[int, int]:
+    low, high = gather_min_max(tf.constant(value, tf.int32))
+    return int(low.numpy()), int(high.numpy())
+
+  return min_max
 
 
 def set_precision(policy: str) -> None:

@@ -13,7 +13,10 @@ Pretraining, linear evaluation, fine-tuning (transfer and semi-supervised) and k
 run here; the experiment's config type says which (cvrl_tf.config). The workdir holds everything
 a run writes: config.json (the resolved config), checkpoints/, summaries/ (TensorBoard), and for
 evaluations metrics.json / knn_metrics.json (+ a confusion-matrix PNG for small label sets).
-Re-running the same command resumes from the latest checkpoint. The
+Re-running the same command resumes from the latest checkpoint. SIGTERM (a preemption: GKE, Slurm,
+a TPU maintenance event) saves a checkpoint at the end of the current multi-step call and exits
+with code 143 (128 + SIGTERM: "terminated, not finished"); give the scheduler a grace period
+longer than one call plus a checkpoint save. The
 strategy is chosen from the environment (TPU when --config=train.tpu=NAME, MultiWorkerMirrored
 when TF_CONFIG names several workers, Mirrored on several GPUs, else one device) unless
 train.strategy says otherwise.
@@ -41,7 +44,10 @@ flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and 
 RESUMABLE_CHANGES = (
     "train.max_steps", "train.log_every_steps", "train.steps_per_loop", "train.keep_checkpoints",
     "train.strategy", "train.tpu", "train.init_checkpoint", "data.reader.file_pattern",
-    "data.reader.cycle_length", "data.augment_in_step", "data.use_xla", "derived")
+    "data.reader.cycle_length", "data.augment_in_step", "data.use_xla", "derived",
+    # Data that moved (another bucket, a new mount): every experiment type's data groups.
+    "train_data.reader.file_pattern", "eval_data.reader.file_pattern",
+    "bank_data.reader.file_pattern", "evaluation.label_map")
 
 
 def _flatten(tree, prefix=""):
@@ -53,14 +59,23 @@ def _flatten(tree, prefix=""):
   return flat
 
 
+def _defaults(data: dict) -> dict:
+  """Every key of the config tree that `data` (a config.json) is one of, at its default."""
+  from cvrl_tf import config as cfg  # not at the top: config imports TensorFlow
+  return _flatten(cfg.to_dict(type(cfg.from_dict(data))()))
+
+
 def check_resumable(workdir: str, text: str) -> None:
   """Refuses to continue a run in `workdir` with a config that changes the experiment."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  from cvrl_tf import storage  # not at the top: storage imports TensorFlow
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    before = _flatten(json.load(f))
+  before = _flatten(storage.read_json(path))
   now = _flatten(json.loads(text))
+  # A key cvrl_tf added after the run began (e.g. optimizer.schedule) is absent from its
+  # config.json: the run used that key's default.
+  before = {**_defaults(json.loads(text)), **before}
   changed = sorted(key for key in set(before) | set(now)
                    if before.get(key) != now.get(key)
                    and not key.startswith(RESUMABLE_CHANGES))
@@ -70,6 +85,22 @@ def check_resumable(workdir: str, text: str) -> None:
         f"{workdir} holds a run with another config ({details}); resume it with the same "
         "experiment and overrides, or start a new --workdir (with --init_checkpoint to reuse "
         "its backbone)")
+
+
+def _stop_on_sigterm(trainer) -> None:
+  """SIGTERM stops the training steps at the next call boundary, with a checkpoint (see
+  loop.TrainLoop.request_stop); anywhere else it ends the process at once, as by default."""
+  import signal
+
+  def handle(signum, frame):
+    del frame
+    if not trainer.request_stop():
+      print("SIGTERM outside the training steps: exiting (nothing unsaved)", file=sys.stderr,
+            flush=True)
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+
+  signal.signal(signal.SIGTERM, handle)
 
 
 def main(argv):
@@ -111,6 +142,7 @@ def main(argv):
   import tensorflow as tf
   from cvrl_tf import classify
   from cvrl_tf import knn
+  from cvrl_tf import loop
   from cvrl_tf import preflight
   from cvrl_tf import pretrain
   from cvrl_tf import resnet3d
@@ -137,7 +169,7 @@ def main(argv):
     if isinstance(config, cfg.KnnExperimentConfig):
       print(f"experiment {config.name}: kNN (k={config.evaluation.knn_k}) on "
             f"{config.eval_data.reader.file_pattern}; workdir {FLAGS.workdir}", flush=True)
-      knn.run(config, FLAGS.workdir, log)
+      knn.run(config, FLAGS.workdir, strategy, log)
       if runtime.is_chief(strategy):
         storage.atomic_write_text(storage.join(FLAGS.workdir, "config.json"), text)
       return 0
@@ -148,6 +180,7 @@ def main(argv):
       trainer = classify.Trainer(config, FLAGS.workdir, strategy, log=log)
     else:
       trainer = pretrain.Trainer(config, FLAGS.workdir, strategy, log=log)
+    _stop_on_sigterm(trainer)
     print(trainer.restore(), flush=True)
     if runtime.is_chief(strategy):  # after the restore: config.json describes the checkpoints
       storage.atomic_write_text(storage.join(FLAGS.workdir, "config.json"), text)
@@ -157,9 +190,12 @@ def main(argv):
     else:
       trainer.train()
   except (cfg.ConfigError, resnet3d.CheckpointMismatchError, FileNotFoundError, ValueError,
-          pretrain.NonFiniteLossError) as e:
+          pretrain.NonFiniteLossError, loop.WorkersDisagreeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except loop.Preempted as e:
+    print(f"preempted: {e}", flush=True)
+    return loop.PREEMPTED_EXIT_CODE
   except tf.errors.InvalidArgumentError as e:  # bad records: the message names the video
     print(f"error: {e.message.strip()[:2000]}", file=sys.stderr)
     return 1

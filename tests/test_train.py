@@ -143,9 +143,17 @@ def test_runs_checkpoints_logs_and_resumes(experiment, four_steps, tmp_path):
   assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-6")
 
 
-def test_resume_after_sigkill_ends_with_the_same_weights(experiment, tmp_path):
-  reference = str(tmp_path / "reference")
-  _train(experiment, reference)                     # 6 steps, checkpoints at 3 and 6
+@pytest.fixture(scope="module")
+def six_steps(experiment, tmp_path_factory):
+  """The workdir of an uninterrupted run of the whole tiny experiment: 6 steps, checkpoints at 3
+  and 6 (the reference of the interrupted runs)."""
+  workdir = str(tmp_path_factory.mktemp("six") / "reference")
+  _train(experiment, workdir)
+  return workdir
+
+
+def test_resume_after_sigkill_ends_with_the_same_weights(experiment, six_steps, tmp_path):
+  reference = six_steps
   killed = str(tmp_path / "killed")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   process = subprocess.Popen(
@@ -217,8 +225,10 @@ def test_config_errors_name_the_key_and_the_choices(experiment, tmp_path):
 def test_init_checkpoint_that_does_not_match_fails_loudly(experiment, tmp_path):
   result = _train(experiment, str(tmp_path / "init"),
                   f"train.init_checkpoint={tmp_path / 'nothing_here'}", check=False)
-  assert result.returncode == 1
+  # Caught by the checks before training (cvrl_tf.preflight): a bad input, exit code 2.
+  assert result.returncode == 2, result.stderr[-3000:]
   assert "nothing_here" in result.stderr
+  assert not os.path.exists(tmp_path / "init")
 
 
 def test_init_checkpoint_from_a_pretraining_run(experiment, four_steps, tmp_path):
@@ -277,33 +287,14 @@ def test_two_replicas_train_like_one_replica_on_the_whole_batch(experiment):
 def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_path):
   # A real MultiWorkerMirroredStrategy: two processes, TF_CONFIG, collectives over 127.0.0.1.
   # With input_sharding=replicate both hosts see the single-process global batches.
-  import json
   # A gentle learning rate: at the tiny experiment's own (0.08) the loss swings by 30% a step,
   # which turns float32 rounding differences into visible loss differences within 4 steps.
   overrides = ["train.max_steps=4", "train.steps_per_loop=1", "train.log_every_steps=1",
                "train.input_sharding=replicate", "train.checkpoint_every_steps=2",
                "optimizer.base_learning_rate=1.28"]
   single = _train(experiment, str(tmp_path / "single"), *overrides)
-  ports = free_ports(2)
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-  workers = []
-  for index in range(2):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                  "index": index}}))
-    workers.append(subprocess.Popen(
-        [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
-         f"--workdir={tmp_path / 'multi'}", *[f"--config={o}" for o in overrides]],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = []
-  try:
-    for worker in workers:
-      stdout, stderr = worker.communicate(timeout=600)
-      outputs.append((worker.returncode, stdout, stderr))
-  finally:
-    for worker in workers:
-      if worker.poll() is None:
-        worker.kill()
+  workers = _start_workers(experiment, [str(tmp_path / "multi")] * 2, overrides, tmp_path)
+  outputs = _wait(workers, timeout=600)
   for code, stdout, stderr in outputs:
     assert code == 0, stdout + stderr[-3000:]
   chief = outputs[0][1]
@@ -317,3 +308,264 @@ def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_p
   np.testing.assert_allclose(_losses(chief), _losses(single.stdout), rtol=5e-4)
   assert tf.train.latest_checkpoint(str(tmp_path / "multi" / "checkpoints")).endswith("ckpt-4")
   assert not os.path.exists(tmp_path / "multi" / "workers")   # scratch copies stay out
+  assert os.listdir(tmp_path / "tmp") == []   # and are deleted, folders included
+
+
+# ---- resuming, preemption and multi-host safety
+
+
+def _tiny_data(experiment, **reader):
+  """The tiny experiment's pretraining data. augment_in_step: views only cropped and flipped, the
+  same pipeline at a tenth of the tracing time of the colour chain."""
+  from cvrl_tf import input_pipeline
+  pattern = os.path.join(os.path.dirname(experiment), "train-*.tfrecord")
+  return input_pipeline.PretrainDataConfig(
+      reader=input_pipeline.ReaderConfig(file_pattern=pattern, shuffle_buffer_size=16,
+                                         cycle_length=2, seed=5, **reader),
+      num_frames=4, stride=2, crop_size=32, use_xla=False, augment_in_step=True)
+
+
+def _assert_same_batches(got, expected):
+  assert len(got) == len(expected)
+  for a, b in zip(got, expected):
+    assert sorted(a) == sorted(b)
+    for key in a:
+      np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+
+
+@pytest.mark.parametrize("skip_corrupt", [False, True])
+def test_skip_batches_is_skip_without_decoding(experiment, skip_corrupt):
+  # A run resumed inside a data segment passes over the batches its steps consumed; the rest of
+  # the stream (records and their seeds) must be the uninterrupted one's.
+  from cvrl_tf import input_pipeline
+  data = _tiny_data(experiment, per_replica_batch_size=3, deterministic=True,
+                    skip_corrupt=skip_corrupt)
+  expected = list(input_pipeline.pretrain_dataset(data).skip(3).take(2).as_numpy_iterator())
+  got = list(input_pipeline.pretrain_dataset(data, skip_batches=3).take(2)
+             .as_numpy_iterator())
+  _assert_same_batches(got, expected)
+  labelled = input_pipeline.ClassificationTrainDataConfig(
+      reader=data.reader, num_frames=4, stride=2, crop_size=32, use_xla=False)
+  expected = list(input_pipeline.classification_train_dataset(labelled).skip(2).take(2)
+                  .as_numpy_iterator())
+  got = list(input_pipeline.classification_train_dataset(labelled, skip_batches=2).take(2)
+             .as_numpy_iterator())
+  _assert_same_batches(got, expected)
+
+
+def _determinism_of_parallel_ops(dataset) -> list:
+  """The `deterministic` attribute of every parallel interleave / map of a tf.data graph."""
+  graph = tf.compat.v1.GraphDef()
+  graph.ParseFromString(dataset._as_serialized_graph().numpy())
+  nodes = list(graph.node) + [node for function in graph.library.function
+                              for node in function.node_def]
+  return [node.attr["deterministic"].s.decode() for node in nodes
+          if node.op.startswith(("ParallelInterleaveDataset", "ParallelMapDataset"))]
+
+
+def test_replicated_input_is_order_stable_and_split_by_rows(experiment):
+  # input_sharding=replicate: every host builds the same global batches and keeps its rows.
+  # With deterministic=false a sloppy interleave or map would let hosts reorder records.
+  from cvrl_tf import input_pipeline
+  from cvrl_tf import pretrain
+  data = _tiny_data(experiment, per_replica_batch_size=2, deterministic=False)
+
+  def host(index, hosts, skip_steps=0):  # 4 replicas in all: global batch 8
+    context = tf.distribute.InputContext(num_input_pipelines=hosts, input_pipeline_id=index,
+                                         num_replicas_in_sync=4)
+    return pretrain.replicated_rows(data, context, skip_steps)
+
+  # 1) The files-sharded pipeline of this run is sloppy; the replicated one is not.
+  assert "false" in _determinism_of_parallel_ops(input_pipeline.pretrain_dataset(data))
+  hosts = [host(0, 2), host(1, 2)]
+  modes = _determinism_of_parallel_ops(hosts[0])
+  assert modes and "false" not in modes, modes
+  assert hosts[0].options().deterministic is True
+  # 2) One host's 4 replica batches of a step are the two hosts' 2 + 2.
+  single = list(host(0, 1).take(8).as_numpy_iterator())                 # 2 steps
+  split = [list(rows.take(4).as_numpy_iterator()) for rows in hosts]
+  _assert_same_batches(split[0][:2] + split[1][:2] + split[0][2:] + split[1][2:], single)
+  # 3) Skipping a step passes over one global batch.
+  _assert_same_batches(list(host(1, 2, skip_steps=1).take(2).as_numpy_iterator()),
+                       split[1][2:])
+
+
+def test_workers_that_restored_different_steps_are_named():
+  from cvrl_tf import loop
+  loop.check_same_step(4, (4, 4), "gs://b/run/checkpoints", "gs://b/run/checkpoints/ckpt-4")
+  with pytest.raises(loop.WorkersDisagreeError) as error:
+    loop.check_same_step(0, (0, 4), "/local/run/checkpoints", None)
+  message = str(error.value)
+  assert "workers restored different steps (0 and 4)" in message
+  assert "this worker found no checkpoint in '/local/run/checkpoints' (step 0)" in message
+  assert "not shared" in message or "shared storage" in message
+
+
+def test_min_max_over_replicas_of_two_mirrored_replicas():
+  script = '''
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cvrl_tf import runtime
+for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])):
+  min_max = runtime.min_max_over_replicas(strategy)
+  print(min_max(7), min_max(0))
+'''
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split("\n")[:2] == ["(7, 7) (0, 0)", "(7, 7) (0, 0)"]
+
+
+class _NonChief:
+  """Stands in for a MultiWorkerMirroredStrategy on worker 1 of 2 (for runtime.is_chief)."""
+
+  class cluster_resolver:
+    task_type, task_id = "worker", 1
+
+    @staticmethod
+    def cluster_spec():
+      return tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]})
+
+
+def test_a_non_chief_saves_into_scratch_that_is_removed_folder_included(tmp_path, monkeypatch):
+  import tempfile
+  from cvrl_tf import runtime
+  scratch_root = tmp_path / "tmp"
+  scratch_root.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+  checkpoint = tf.train.Checkpoint(v=tf.Variable(3.0))
+  manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "run" / "checkpoints"),
+                                       max_to_keep=2)
+  runtime.save_checkpoint(manager, 5, _NonChief())
+  assert not (tmp_path / "run").exists()        # the run's directory is the chief's
+  assert list(scratch_root.iterdir()) == []     # the scratch copy is gone, folder included
+  assert int(checkpoint.save_counter.numpy()) == 1   # saved as the chief does (collectively)
+  runtime.save_checkpoint(manager, 5, tf.distribute.get_strategy())
+  assert manager.latest_checkpoint.endswith("ckpt-5")
+
+
+@pytest.mark.parametrize("name, moved", [
+    ("cvrl_k600", ["data.reader.file_pattern"]),
+    ("cvrl_k600_linear_eval", ["train_data.reader.file_pattern",
+                               "eval_data.reader.file_pattern", "evaluation.label_map"]),
+    ("cvrl_k600_knn", ["bank_data.reader.file_pattern", "eval_data.reader.file_pattern",
+                       "evaluation.label_map"]),
+])
+def test_a_run_resumes_after_its_data_moved(name, moved):
+  # The workdir is on a non-local file system: config.json is read through tf.io.gfile.
+  from cvrl_tf import config as cfg
+  from cvrl_tf import storage
+  from cvrl_tf import train
+  workdir = f"ram://resumable/{name}"
+  storage.atomic_write_text(storage.join(workdir, "config.json"),
+                            cfg.to_json(cfg.load_experiment(name, [])))
+  overrides = [f"{key}=gs://new-bucket/{key}" for key in moved]
+  train.check_resumable(workdir, cfg.to_json(cfg.load_experiment(name, overrides)))
+  changed = cfg.to_json(cfg.load_experiment(name, overrides + ["train.global_batch_size=512"]))
+  with pytest.raises(ValueError, match=r"\(train.global_batch_size: 1024 -> 512\)"):
+    train.check_resumable(workdir, changed)
+  train.check_resumable("ram://resumable/new_run", changed)   # no config.json: a new run
+
+
+def test_every_data_group_may_move_on_resume():
+  import dataclasses
+  from cvrl_tf import config as cfg
+  from cvrl_tf import train
+  groups = {field.name for kind in cfg.ANY_EXPERIMENT for field in dataclasses.fields(kind)
+            if field.default_factory is not dataclasses.MISSING
+            and hasattr(field.default_factory(), "reader")}
+  assert groups == {"data", "train_data", "eval_data", "bank_data"}
+  for group in groups:
+    assert f"{group}.reader.file_pattern" in train.RESUMABLE_CHANGES
+
+
+def test_sigterm_saves_mid_segment_and_the_restarted_run_ends_with_the_same_weights(
+    experiment, six_steps, tmp_path):
+  # Sent once the checkpoint at step 3 is saved, the SIGTERM stops the run after its next call,
+  # at step 4: inside the data segment [3, 6), so the restarted run must pick up that segment's
+  # pipeline where the stopped run left it. (steps_per_loop is not a free choice here: one step
+  # per call instead of two moves a BN statistic by an ulp.)
+  overrides = []
+  reference = six_steps
+  stopped = str(tmp_path / "stopped")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  with open(tmp_path / "stderr.txt", "w") as stderr:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
+         f"--workdir={stopped}", *[f"--config={o}" for o in overrides]],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+      lines = []
+      for line in process.stdout:
+        lines.append(line)
+        if line.startswith("saved checkpoint at step 3"):
+          process.send_signal(signal.SIGTERM)   # what GKE, Slurm and a TPU VM's shutdown send
+          break
+      stdout, _ = process.communicate(timeout=300)
+    finally:
+      if process.poll() is None:
+        process.kill()
+  stdout = "".join(lines) + stdout
+  assert process.returncode == 143, stdout + (tmp_path / "stderr.txt").read_text()[-3000:]
+  import re
+  (step,) = re.findall(r"preempted: stopped on request \(SIGTERM\) at step (\d+); saved ",
+                       stdout)
+  step = int(step)
+  assert step == 4, stdout
+  assert f"saved checkpoint at step {step}" in stdout
+  assert tf.train.latest_checkpoint(os.path.join(stopped, "checkpoints")).endswith(f"ckpt-{step}")
+  resumed = _train(experiment, stopped, *overrides)
+  assert f"at step {step}" in resumed.stdout and "step 6/6" in resumed.stdout
+  expected, got = _variables(reference), _variables(stopped)
+  assert sorted(expected) == sorted(got)
+  for name in expected:
+    np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def _start_workers(experiment, workdirs, overrides, tmp_path):
+  """Two MultiWorkerMirrored workers on 127.0.0.1; their scratch files go to tmp_path/tmp."""
+  import json
+  ports = free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+  (tmp_path / "tmp").mkdir(exist_ok=True)
+  workers = []
+  for index, workdir in enumerate(workdirs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp_path / "tmp"),
+               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                  "index": index}}))
+    workers.append(subprocess.Popen(
+        [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
+         f"--workdir={workdir}", *[f"--config={o}" for o in overrides]],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return workers
+
+
+def _wait(workers, timeout):
+  outputs = []
+  try:
+    for worker in workers:
+      stdout, stderr = worker.communicate(timeout=timeout)
+      outputs.append((worker.returncode, stdout, stderr))
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+  return outputs
+
+
+@pytest.mark.slow
+def test_workers_that_restore_different_steps_fail_instead_of_hanging(experiment, four_steps,
+                                                                      tmp_path):
+  # Worker 0 sees the run's checkpoint at step 4; worker 1's workdir is another (empty) folder,
+  # as when a workdir is a local path on each host.
+  chief = _copy(four_steps[0], tmp_path)
+  workers = _start_workers(experiment, [chief, str(tmp_path / "elsewhere")],
+                           ["train.max_steps=6"], tmp_path)
+  outputs = _wait(workers, timeout=300)
+  for code, stdout, stderr in outputs:
+    assert code == 1, stdout + stderr[-3000:]
+    assert "error: workers restored different steps (0 and 4)" in stderr, stderr[-3000:]
+  assert "this worker restored " in outputs[0][2] and "ckpt-4" in outputs[0][2]
+  assert "this worker found no checkpoint" in outputs[1][2]
+  assert tf.train.latest_checkpoint(os.path.join(chief, "checkpoints")).endswith("ckpt-4")
