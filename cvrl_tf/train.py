@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 from absl import app
 from absl import flags
@@ -139,15 +140,7 @@ def main(argv):
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required to train (it holds checkpoints and summaries)")
 
-  import tensorflow as tf
-  from cvrl_tf import classify
-  from cvrl_tf import knn
-  from cvrl_tf import loop
-  from cvrl_tf import preflight
-  from cvrl_tf import pretrain
-  from cvrl_tf import resnet3d
   from cvrl_tf import runtime
-  from cvrl_tf import storage
 
   try:
     check_resumable(FLAGS.workdir, text)
@@ -157,33 +150,57 @@ def main(argv):
   strategy = runtime.make_strategy(config.train.strategy, config.train.tpu)
   runtime.set_precision(config.train.mixed_precision)
   runtime.set_determinism(config.train.seed, config.train.deterministic)
-  log = lambda line: print(line, flush=True)
+  return run_experiment(config, FLAGS.workdir, strategy, lambda line: print(line, flush=True),
+                        stop_on_sigterm=True)
+
+
+def run_experiment(config, workdir: str, strategy, log: Callable[[str], None],
+                   stop_on_sigterm: bool = False) -> int:
+  """Checks the inputs, then runs (or resumes) the experiment in `workdir`; returns the exit code.
+
+  The strategy, precision and determinism are the caller's (they must be set before any other
+  TensorFlow op runs). Errors a user can fix are printed to stderr with their exit code: 2 when
+  refused before anything ran (nothing written), 1 when the run failed, 143 when preempted.
+  """
+  import tensorflow as tf
+  from cvrl_tf import classify
+  from cvrl_tf import config as cfg
+  from cvrl_tf import knn
+  from cvrl_tf import loop
+  from cvrl_tf import preflight
+  from cvrl_tf import pretrain
+  from cvrl_tf import resnet3d
+  from cvrl_tf import runtime
+  from cvrl_tf import storage
+
+  text = cfg.to_json(config)
   started = time.monotonic()
   try:  # before the workdir exists: a wrong input leaves nothing behind
-    preflight.check_run(config, FLAGS.workdir, log)
+    preflight.check_run(config, workdir, log)
   except (preflight.PreflightError, cfg.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   log(f"inputs checked in {time.monotonic() - started:.1f} s")
+  write_config = lambda: (storage.atomic_write_text(storage.join(workdir, "config.json"), text)
+                          if runtime.is_chief(strategy) else None)
   try:
     if isinstance(config, cfg.KnnExperimentConfig):
-      print(f"experiment {config.name}: kNN (k={config.evaluation.knn_k}) on "
-            f"{config.eval_data.reader.file_pattern}; workdir {FLAGS.workdir}", flush=True)
-      knn.run(config, FLAGS.workdir, strategy, log)
-      if runtime.is_chief(strategy):
-        storage.atomic_write_text(storage.join(FLAGS.workdir, "config.json"), text)
+      log(f"experiment {config.name}: kNN (k={config.evaluation.knn_k}) on "
+          f"{config.eval_data.reader.file_pattern}; workdir {workdir}")
+      knn.run(config, workdir, strategy, log)
+      write_config()
       return 0
-    print(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
-          f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} "
-          f"replica(s) ({type(strategy).__name__}); workdir {FLAGS.workdir}", flush=True)
+    log(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
+        f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} "
+        f"replica(s) ({type(strategy).__name__}); workdir {workdir}")
     if isinstance(config, cfg.ClassificationExperimentConfig):
-      trainer = classify.Trainer(config, FLAGS.workdir, strategy, log=log)
+      trainer = classify.Trainer(config, workdir, strategy, log=log)
     else:
-      trainer = pretrain.Trainer(config, FLAGS.workdir, strategy, log=log)
-    _stop_on_sigterm(trainer)
-    print(trainer.restore(), flush=True)
-    if runtime.is_chief(strategy):  # after the restore: config.json describes the checkpoints
-      storage.atomic_write_text(storage.join(FLAGS.workdir, "config.json"), text)
+      trainer = pretrain.Trainer(config, workdir, strategy, log=log)
+    if stop_on_sigterm:
+      _stop_on_sigterm(trainer)
+    log(trainer.restore())
+    write_config()  # after the restore: config.json describes the checkpoints
     if isinstance(trainer, classify.Trainer):
       trainer.prepare()
       trainer.run()
@@ -194,12 +211,12 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 1
   except loop.Preempted as e:
-    print(f"preempted: {e}", flush=True)
+    log(f"preempted: {e}")
     return loop.PREEMPTED_EXIT_CODE
   except tf.errors.InvalidArgumentError as e:  # bad records: the message names the video
     print(f"error: {e.message.strip()[:2000]}", file=sys.stderr)
     return 1
-  print(f"done: step {trainer.step}; checkpoints in {trainer.manager.directory}", flush=True)
+  log(f"done: step {trainer.step}; checkpoints in {trainer.manager.directory}")
   return 0
 
 

@@ -56,6 +56,7 @@ def make_videos(local: str, remote: str) -> None:
         path = os.path.join(local, split, name, f"{split}_{name}_{i}.mp4")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_video(path, clip_frames(label, i + 10 * (split == "val")))
+        storage.makedirs(storage.join(remote, split, name))  # ram:// lists only made folders
         storage.copy(path, storage.join(remote, split, name, f"{split}_{name}_{i}.mp4"))
 
 
