@@ -48,7 +48,7 @@ Assets (SavedModel assets/ folder): config.json (the run's resolved config), exp
 dataset has one, label_map.txt.
 
 Workdirs, checkpoints, label maps and the export itself may be on any file system TensorFlow
-reads (local, gs://, s3://): everything goes through cvrl_tf.storage.
+reads (local, gs://, ram://): everything goes through cvrl_tf.storage.
 """
 
 import os

@@ -16,7 +16,7 @@ per video:
   label_names    [K] str          when the export holds a label map
 
 Read it with `np.load(path)` (no pickle needed). Every path may be on any file system TensorFlow
-reads (local, gs://, s3://); the .npz is written to a temporary name and renamed into place.
+reads (local, gs://, ram://); the .npz is written to a temporary name and renamed into place.
 """
 
 import os

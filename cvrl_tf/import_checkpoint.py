@@ -14,7 +14,7 @@ CVRL value) sets it. The output directory holds (see cvrl_tf.resnet3d.save_backb
 and is read back by `resnet3d.restore_backbone_checkpoint(model, DIR)` or
 `resnet3d.backbone_from_checkpoint(DIR)`. It is written to a temporary directory and renamed, and
 an existing checkpoint is replaced only with --overwrite. Both paths may be on any file system
-TensorFlow reads (local, gs://, s3://): --output_dir=gs://bucket/ckpt/r3d50_k600 writes there.
+TensorFlow reads (local, gs://, ram://): --output_dir=gs://bucket/ckpt/r3d50_k600 writes there.
 """
 
 import sys

@@ -1,9 +1,10 @@
 """File access for every path a user gives: local disks, `gs://`, `ram://`, alike.
 
 Everything goes through `tf.io.gfile`, so a workdir, a dataset, a label map, a checkpoint or an
-export on Google Cloud Storage behaves exactly as on a local disk. TensorFlow 2.21 itself knows
-local paths, `gs://` and `ram://`; `s3://` and `hdfs://` come from the filesystem plugins of
-tensorflow-io, which this library does not depend on (SPEC §5) but works with once imported. Python's `open()`, `os.path`,
+export on Google Cloud Storage behaves exactly as on a local disk. TensorFlow 2.21 knows local
+paths, `gs://` and `ram://`; `s3://` and `hdfs://` came from tensorflow-io's plugins, which do not
+load with 2.21 (BUILD.md): mount such a store as a local path. Any scheme a future TensorFlow
+registers works here unchanged. Python's `open()`, `os.path`,
 `os.replace`, `shutil` and `tempfile` only understand local paths: `os.makedirs("gs://b/run")`
 silently makes a local folder `./gs:/b/run` whose files die with the VM. No other module of the
 library calls them on a user path (tests/test_storage.py scans the source).
