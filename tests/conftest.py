@@ -82,3 +82,14 @@ def free_ports(count: int) -> list:
   for s in sockets:
     s.close()
   return ports
+
+
+def local_folders_named_like_urls(*roots) -> list:
+  """Folders below `roots` named like a URL's scheme ("ram:", "gs:"): what a remote path leaves
+  behind when it reaches os.makedirs instead of tf.io.gfile. .git and .venv are not searched."""
+  found = []
+  for root in roots:
+    for directory, subdirectories, _ in os.walk(root):
+      subdirectories[:] = [d for d in subdirectories if d not in (".git", ".venv")]
+      found += [os.path.join(directory, d) for d in subdirectories if d.endswith(":")]
+  return found

@@ -15,7 +15,8 @@ import tensorflow as tf
 import simplejpeg
 
 import worker_tasks
-from conftest import coded_frame, frame_index, write_audio_only, write_video
+from conftest import (coded_frame, frame_index, local_folders_named_like_urls, write_audio_only,
+                      write_video)
 from cvrl_tf import schema
 from cvrl_tf import storage
 from dataset_tools import annotations, builder
@@ -333,11 +334,6 @@ def test_resume_after_sigkill_gives_the_same_bytes(tmp_path):
   assert _tree_bytes(str(out)) == _tree_bytes(str(tmp_path / "reference"))
 
 
-def _local_folders_named_ram(root):
-  """Folders under `root` that a ram:// path would have made if it reached os.makedirs."""
-  return [d for d, subdirs, _ in os.walk(root) for name in subdirs if name.startswith("ram:")]
-
-
 def _ucf101(root, classes=("YoYo", "ApplyEyeMakeup"), train=2, test=1, frames=6):
   """UCF-101 in miniature: (split folder, video folder). classInd.txt lists the classes out of
   alphabetical order; class i's videos show frame codes 5 i, 5 i + 1, ...; one test video is
@@ -415,7 +411,7 @@ def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
   rerun = _build(entries, out, num_workers=0, label_map=label_map, num_shards=2)
   assert rerun.skipped_shards == 4 and rerun.videos_decoded == 0
   assert os.listdir(cwd) == []
-  assert _local_folders_named_ram(str(tmp_path)) == []
+  assert local_folders_named_like_urls(str(tmp_path)) == []
 
 
 def test_cli_file_list_of_absolute_paths_to_ram(tmp_path):
@@ -438,7 +434,7 @@ def test_cli_file_list_of_absolute_paths_to_ram(tmp_path):
   assert result.returncode == 0, result.stderr
   train = next(line.split() for line in result.stdout.splitlines() if line.startswith("train"))
   assert train[:5] == ["train", "4", "0", "0", "16"]    # videos, failed, partial, frames
-  assert os.listdir(cwd) == [] and _local_folders_named_ram(str(tmp_path)) == []
+  assert os.listdir(cwd) == [] and local_folders_named_like_urls(str(tmp_path)) == []
 
 
 def test_cli_hmdb51_official_splits(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_video
+from conftest import local_folders_named_like_urls, write_video
 from cvrl_tf import config as cfg
 from cvrl_tf import export
 from cvrl_tf import extract_features
@@ -28,16 +28,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ("bright", "dark")
 SPLITS = {"train": 4, "val": 2}              # videos per class
 CLIP = ["data.num_frames=4", "data.stride=1", "data.crop_size=16"]
-
-
-def local_folders_named_ram(*roots) -> list:
-  """Every folder named like a URL's scheme ("ram:", "gs:") below `roots`."""
-  found = []
-  for root in roots:
-    for directory, subdirectories, _ in os.walk(root):
-      subdirectories[:] = [d for d in subdirectories if d not in (".git", ".venv")]
-      found += [os.path.join(directory, d) for d in subdirectories if d.endswith(":")]
-  return found
 
 
 def clip_frames(label: int, index: int) -> list:
@@ -135,7 +125,7 @@ def test_the_whole_chain_on_a_non_local_file_system(tmp_path, monkeypatch):
   assert top1 == pytest.approx(metrics["top1"])
 
   assert os.listdir(cwd) == []
-  assert local_folders_named_ram(str(tmp_path), REPO) == []
+  assert local_folders_named_like_urls(str(tmp_path), REPO) == []
 
 
 def test_training_cli_on_a_ram_workdir_leaves_no_local_folder(tmp_path):
@@ -157,7 +147,7 @@ def test_training_cli_on_a_ram_workdir_leaves_no_local_folder(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr
   assert "saved checkpoint at step 1" in result.stdout
   assert os.listdir(cwd) == []
-  assert local_folders_named_ram(str(tmp_path), REPO) == []
+  assert local_folders_named_like_urls(str(tmp_path), REPO) == []
 
 
 def _videos(tmp_path) -> str:
