@@ -27,6 +27,7 @@ from cvrl_tf import input_pipeline
 from cvrl_tf import lars
 from cvrl_tf import loop
 from cvrl_tf import losses
+from cvrl_tf import networks
 from cvrl_tf import pretrain
 from cvrl_tf import runtime
 from cvrl_tf import storage
@@ -121,7 +122,7 @@ class Trainer(loop.TrainLoop):
     cfg.require_backbone(config)
     data = config.train_data
     self.frozen = config.task == "linear_eval"
-    self.backbone = pretrain.build_backbone(config.model, data.num_frames, data.crop_size)
+    self.backbone = networks.build_backbone(config.model, data.num_frames, data.crop_size)
     self.classifier = heads.LinearClassifier(
         config.evaluation.num_classes, normalize=config.classifier.normalize,
         batch_norm=config.classifier.batch_norm,

@@ -49,6 +49,38 @@ class ModelConfig:
   head_hidden_sizes: Tuple[int, ...] = (2048, 2048, 2048)
   head_output_size: int = 128
   head_bn_momentum: float = 0.997
+  head_batch_norm: bool = True           # False: hidden layers Dense + bias -> ReLU (ρMoCo's)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """What pretraining optimises (cvrl_tf.objectives): CVRL's loss or one of the ρ-SSL study's.
+
+  All four compare the data.num_clips (ρ) clips of each video; train.temperature is the softmax
+  temperature of simclr, moco and swav.
+
+  Attributes:
+    name: simclr (CVRL / ρSimCLR: NT-Xent over every pair of clips, negatives from the global
+      batch), moco (ρMoCo: the keys of a momentum encoder, negatives from a queue), byol (ρBYOL: a
+      predictor regresses the momentum encoder's projections, no negatives) or swav (ρSwAV: each
+      clip predicts the Sinkhorn codes of the others over learned prototypes).
+    momentum: moco, byol: m0 of the momentum encoder's EMA, annealed by cosine to 1 at the end of
+      train.epochs (the study: 0.994 MoCo, 0.996 BYOL).
+    queue_size: moco: keys kept as negatives (the study: 65,536); at least ρ × global batch.
+    predictor_hidden_sizes: byol: hidden widths of the predictor MLP on the projection (its output
+      has model.head_output_size).
+    num_prototypes: swav: prototypes (the study: 1,000).
+    sinkhorn_epsilon, sinkhorn_iterations: swav: ε of exp(S/ε) and the normalisation rounds.
+    freeze_prototypes_epochs: swav: the prototypes get no gradient for this many epochs.
+  """
+  name: Literal["simclr", "moco", "byol", "swav"] = "simclr"
+  momentum: float = 0.994
+  queue_size: int = 65536
+  predictor_hidden_sizes: Tuple[int, ...] = (4096,)
+  num_prototypes: int = 1000
+  sinkhorn_epsilon: float = 0.05
+  sinkhorn_iterations: int = 3
+  freeze_prototypes_epochs: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +130,7 @@ class ExperimentConfig:
   data: input_pipeline.PretrainDataConfig = dataclasses.field(
       default_factory=input_pipeline.PretrainDataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -319,7 +352,32 @@ def validate(config):
   if train.temperature <= 0:
     raise ConfigError(f"train.temperature must be > 0, got {train.temperature}")
   _check_steps(config)
+  _check_objective(config)
   return config
+
+
+def _check_objective(config: ExperimentConfig) -> None:
+  objective, clips = config.objective, config.data.num_clips
+  if objective.name in ("moco", "byol") and not 0 <= objective.momentum < 1:
+    raise ConfigError(f"objective.momentum must be in [0, 1) (m0 of the momentum encoder), got "
+                      f"{objective.momentum}")
+  keys = clips * config.train.global_batch_size
+  if objective.name == "moco" and objective.queue_size < keys:
+    raise ConfigError(
+        f"objective.queue_size={objective.queue_size} is smaller than the keys one step adds "
+        f"(data.num_clips × train.global_batch_size = {clips} × "
+        f"{config.train.global_batch_size} = {keys}); use at least {keys}")
+  if objective.name == "byol" and not all(n >= 1 for n in objective.predictor_hidden_sizes):
+    raise ConfigError(f"objective.predictor_hidden_sizes must be positive, got "
+                      f"{objective.predictor_hidden_sizes}")
+  if objective.name == "swav" and (
+      objective.num_prototypes < 2 or objective.sinkhorn_epsilon <= 0
+      or objective.sinkhorn_iterations < 1 or objective.freeze_prototypes_epochs < 0):
+    raise ConfigError(
+        f"need objective.num_prototypes >= 2, sinkhorn_epsilon > 0, sinkhorn_iterations >= 1 "
+        f"and freeze_prototypes_epochs >= 0; got {objective.num_prototypes}, "
+        f"{objective.sinkhorn_epsilon}, {objective.sinkhorn_iterations}, "
+        f"{objective.freeze_prototypes_epochs}")
 
 
 # ---- overrides

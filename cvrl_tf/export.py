@@ -69,7 +69,7 @@ from cvrl_tf import config as cfg
 from cvrl_tf import evaluate
 from cvrl_tf import heads
 from cvrl_tf import input_pipeline
-from cvrl_tf import pretrain
+from cvrl_tf import networks
 from cvrl_tf import resnet3d
 from cvrl_tf import schema
 from cvrl_tf import storage
@@ -211,14 +211,14 @@ def build_modules(config) -> dict:
   with _float32_policy():
     if isinstance(config, cfg.ClassificationExperimentConfig):
       data = config.train_data
-      backbone = pretrain.build_backbone(model, data.num_frames, data.crop_size)
+      backbone = networks.build_backbone(model, data.num_frames, data.crop_size)
       classifier = heads.LinearClassifier(
           config.evaluation.num_classes, normalize=config.classifier.normalize,
           batch_norm=config.classifier.batch_norm,
           dropout_rate=config.classifier.dropout_rate)
       classifier.build((None, backbone.output_channels))
       return {"backbone": backbone, "classifier": classifier}
-    built = pretrain.build_model(model, config.data.num_frames, config.data.crop_size)
+    built = networks.build_model(model, config.data.num_frames, config.data.crop_size)
     return {"backbone": built.backbone, "head": built.head}
 
 

@@ -1,6 +1,7 @@
 """The heads on the pooled backbone feature: the contrastive projection head and the linear classifier.
 
-  ProjectionHead    [B, D] -> N × [Dense -> BN -> ReLU] -> Dense -> [B, output_size] (pretraining)
+  ProjectionHead    [B, D] -> N × [Dense -> BN -> ReLU] -> Dense -> [B, output_size] (pretraining;
+                    N × [Dense + bias -> ReLU] without BN, as ρMoCo's head)
   LinearClassifier  [B, D] -> L2-normalise -> Dense -> [B, num_classes] logits (linear evaluation)
 
 Both return float32 whatever the dtype policy: their outputs feed a temperature-scaled softmax
@@ -22,8 +23,11 @@ class ProjectionHead(keras.layers.Layer):
   Args:
     hidden_sizes: width of each [Dense -> BN -> ReLU] layer; () gives a single linear layer.
     output_size: width of the final Dense (no BN, no activation after it).
-    bn_momentum, bn_epsilon: of every BN (0.997 and 1e-5 in the reference release).
+    bn_momentum, bn_epsilon: of every BN (0.997 and 1e-5 in the reference release); momentum 1
+      keeps the moving statistics as they are (a momentum network, cvrl_tf.objectives.momentum).
     sync_batch_norm: synchronise BN batch statistics across replicas.
+    batch_norm: False drops the hidden layers' BNs and gives their Dense a bias instead (the
+      ρ-SSL study's MoCo head: BN in MoCo's MLP costs it several points).
     **kwargs: keras.layers.Layer arguments (name, dtype).
 
   Call: [B, D] -> [B, output_size] float32.
@@ -31,7 +35,7 @@ class ProjectionHead(keras.layers.Layer):
 
   def __init__(self, hidden_sizes: Sequence[int] = HIDDEN_SIZES, output_size: int = OUTPUT_SIZE,
                bn_momentum: float = 0.997, bn_epsilon: float = 1e-5,
-               sync_batch_norm: bool = False, **kwargs):
+               sync_batch_norm: bool = False, batch_norm: bool = True, **kwargs):
     kwargs.setdefault("name", "projection_head")
     super().__init__(**kwargs)
     hidden_sizes = tuple(hidden_sizes)
@@ -39,36 +43,41 @@ class ProjectionHead(keras.layers.Layer):
       raise ValueError(f"hidden_sizes must be positive ints, got {hidden_sizes!r}")
     if not isinstance(output_size, int) or isinstance(output_size, bool) or output_size <= 0:
       raise ValueError(f"output_size must be a positive int, got {output_size!r}")
-    if not 0.0 <= bn_momentum < 1.0 or bn_epsilon <= 0.0:
-      raise ValueError(f"need 0 <= bn_momentum < 1 and bn_epsilon > 0, got bn_momentum="
+    if not 0.0 <= bn_momentum <= 1.0 or bn_epsilon <= 0.0:
+      raise ValueError(f"need 0 <= bn_momentum <= 1 and bn_epsilon > 0, got bn_momentum="
                        f"{bn_momentum!r}, bn_epsilon={bn_epsilon!r}")
     self.hidden_sizes = hidden_sizes
     self.output_size = output_size
     self.bn_momentum = float(bn_momentum)
     self.bn_epsilon = float(bn_epsilon)
     self.sync_batch_norm = bool(sync_batch_norm)
+    self.batch_norm = bool(batch_norm)
     # Attributes, not a list: tf.train.Checkpoint does not see into Keras 3's tracked lists.
     for i, size in enumerate(hidden_sizes, start=1):
-      # No bias: the BN right after subtracts the batch mean, a bias would be dead weight.
-      setattr(self, f"dense{i}", keras.layers.Dense(size, use_bias=False, name=f"dense{i}",
-                                                     dtype=self.dtype_policy))
-      setattr(self, f"norm{i}", keras.layers.BatchNormalization(
-          momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-          synchronized=self.sync_batch_norm, name=f"norm{i}", dtype=self.dtype_policy))
+      # No bias before a BN: it subtracts the batch mean, a bias would be dead weight.
+      setattr(self, f"dense{i}", keras.layers.Dense(size, use_bias=not self.batch_norm,
+                                                     name=f"dense{i}", dtype=self.dtype_policy))
+      if self.batch_norm:
+        setattr(self, f"norm{i}", keras.layers.BatchNormalization(
+            momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            synchronized=self.sync_batch_norm, name=f"norm{i}", dtype=self.dtype_policy))
     self.output_dense = keras.layers.Dense(output_size, name="output_dense", dtype="float32")
 
   def build(self, input_shape):
     width = input_shape[-1]
     for i, size in enumerate(self.hidden_sizes, start=1):
       getattr(self, f"dense{i}").build((None, width))
-      getattr(self, f"norm{i}").build((None, size))
+      if self.batch_norm:
+        getattr(self, f"norm{i}").build((None, size))
       width = size
     self.output_dense.build((None, width))
 
   def call(self, x, training=None):  # [B, D] -> [B, output_size]
     for i in range(1, len(self.hidden_sizes) + 1):
       x = getattr(self, f"dense{i}")(x)
-      x = tf.nn.relu(getattr(self, f"norm{i}")(x, training=training))
+      if self.batch_norm:
+        x = getattr(self, f"norm{i}")(x, training=training)
+      x = tf.nn.relu(x)
     return self.output_dense(tf.cast(x, tf.float32))
 
   def compute_output_shape(self, input_shape):
@@ -78,7 +87,7 @@ class ProjectionHead(keras.layers.Layer):
     config = super().get_config()
     config.update(hidden_sizes=list(self.hidden_sizes), output_size=self.output_size,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  sync_batch_norm=self.sync_batch_norm)
+                  sync_batch_norm=self.sync_batch_norm, batch_norm=self.batch_norm)
     return config
 
 

@@ -1,4 +1,5 @@
-"""tf.data pipelines: CVRL pretraining pairs, classification training clips, multi-view evaluation.
+"""tf.data pipelines: CVRL pretraining pairs (ρ clips for ρ-SSL), classification training clips,
+multi-view evaluation.
 
 Records are read with `schema.parse_video`, so ours and the reference release's (only
 `image/encoded` and `clip/label/index`) both work. Each pipeline is built for one
@@ -14,7 +15,7 @@ per-view costs are CPU time for a 16 × 224 × 224 view on this machine kind):
    canvas (padding every window to a fixed size cost as much as the decode);
 3) everything after the resize — flip, colour jitter, grayscale, blur, solarize — is one
    XLA-compiled function of the fixed-shape [T, S, S, 3] clip (`use_xla`), traced and compiled once
-   per pipeline and shared by both views; the colour ops run after the resize, on the fewest pixels;
+   per pipeline and shared by all views; the colour ops run after the resize, on the fewest pixels;
 4) the colour jitter runs only the chosen op at each of its four steps (`tf.switch_case`);
    saturation is a closed form on RGB instead of TF's HSV round trip and the contrast mean a
    two-stage reduction (jitter 12.8 ms instead of 16.4 when applied); the separable Gaussian blur
@@ -30,7 +31,7 @@ reproducible run to run.
 
 import dataclasses
 import random
-from typing import Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -72,17 +73,31 @@ class ReaderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PretrainDataConfig:
-  """CVRL pretraining pairs (SPEC §2 defaults).
+  """CVRL pretraining pairs, or ρ clips per video for ρ-SSL (SPEC §2 defaults).
 
   Attributes:
     reader: files, batch, shuffling, seed.
     num_frames, stride: each clip is num_frames stored frames `stride` apart (16 × 2 spans 31).
     crop_size: output side of the random resized crop.
-    delta_exponent: exponent of the decreasing density of the gap between the clip starts
-      (1 = linear, 0 = uniform).
-    temporal_augmentation: False takes both clips from the same start (Δ = 0): the paper's
-      ablation without temporal augmentation. The spatial augmentation still differs per view.
-    augmentation: the spatial and colour recipe.
+    num_clips: ρ >= 2 clips per video, yielded as "view_1" .. "view_ρ", each with its own
+      (temporally consistent) spatial and colour augmentation. 2 is CVRL's pair.
+    temporal_sampling: how the ρ clip starts are drawn (`video_ops.sample_rho_clip_indices`):
+      "cvrl" = CVRL's Δ sampling, each further clip at a gap from the first drawn from the
+        decreasing density below (ρ = 2: exactly the pairs of `sample_clip_pair_indices`);
+      "uniform" = the ρ-SSL study's: every start uniform within a window of max_span_seconds.
+    delta_exponent: "cvrl" only: exponent of the decreasing density of the gap between the clip
+      starts (1 = linear, 0 = uniform).
+    temporal_augmentation: False takes all clips from the same start (Δ = 0, or a zero span for
+      "uniform"): the paper's ablation without temporal augmentation. The spatial augmentation
+      still differs per view.
+    max_span_seconds: "uniform" only (ignored by "cvrl", so that `key=value` overrides, applied
+      one at a time, may switch the sampling in any order): no two clip starts are more than this
+      many seconds apart (floor(seconds × `video/fps`) stored frames); 0 = one start for all
+      clips; None = anywhere in the whole video (no frame rate needed). A value needs `video/fps`
+      in the records (the reference release's records lack it: such a record fails, named).
+    augmentation: the spatial and colour recipe. Its blur and solarize probabilities are given for
+      view 1 and view 2; with ρ clips odd views take view 1's and even views view 2's
+      (`video_ops.recipe_view`).
     augment_in_step: yield uint8 views that are only cropped and flipped; the training step then
       calls `augment_pretrain_batch` (for hosts whose CPUs cannot keep up with the accelerator).
     use_xla: compile the per-view resize and colour chain with XLA on the host (same results up
@@ -92,17 +107,46 @@ class PretrainDataConfig:
   num_frames: int = 16
   stride: int = 2
   crop_size: int = 224
+  num_clips: int = 2
+  temporal_sampling: Literal["cvrl", "uniform"] = "cvrl"
   delta_exponent: float = 1.0
   temporal_augmentation: bool = True
+  max_span_seconds: Optional[float] = None
   augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
   augment_in_step: bool = False
   use_xla: bool = True
 
   def __post_init__(self):
     _check_clip("PretrainDataConfig", self.num_frames, self.stride, self.crop_size)
+    if isinstance(self.num_clips, bool) or not isinstance(self.num_clips, int) \
+        or self.num_clips < 2:
+      raise ValueError(
+          f"PretrainDataConfig.num_clips (ρ, clips per video) must be an int >= 2, got "
+          f"{self.num_clips!r}")
+    if self.temporal_sampling not in video_ops.TEMPORAL_SAMPLINGS:
+      raise ValueError(
+          f"PretrainDataConfig.temporal_sampling must be one of "
+          f"{', '.join(map(repr, video_ops.TEMPORAL_SAMPLINGS))}, got {self.temporal_sampling!r}")
     if self.delta_exponent < 0:
       raise ValueError(
           f"PretrainDataConfig.delta_exponent must be >= 0, got {self.delta_exponent!r}")
+    if self.max_span_seconds is not None:
+      if isinstance(self.max_span_seconds, bool) \
+          or not isinstance(self.max_span_seconds, (int, float)) \
+          or not 0 <= self.max_span_seconds < float("inf"):
+        raise ValueError(
+            f"PretrainDataConfig.max_span_seconds must be None (the whole video) or a finite "
+            f"number of seconds >= 0, got {self.max_span_seconds!r}")
+
+  @property
+  def view_names(self) -> list:
+    """["view_1", ..., "view_ρ"]: the keys of every pretraining example and batch."""
+    return view_names(self.num_clips)
+
+
+def view_names(num_clips: int) -> list:
+  """["view_1", ..., "view_ρ"] for ρ = num_clips."""
+  return [f"view_{k}" for k in range(1, num_clips + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +387,7 @@ def _view_function(augmentation: Optional[AugmentationConfig], output: str, use_
   `clip` is the resized crop, [T, S, S, 3] float32 in [0, 255]: a fixed shape, so the program
   compiles once per pipeline. XLA fuses the flip and the colour chain into a few passes over the
   clip; TF runs each op as its own pass over memory and is several times slower on this part. The
-  view's blur and solarize probabilities are arguments, so both views share one compiled program.
+  view's blur and solarize probabilities are arguments, so all views share one compiled program.
   """
   def make_view(clip, flip, seed, blur_probability, solarize_probability):
     # flip: [n] with n = 1 (per clip) or T (per frame).
@@ -379,9 +423,31 @@ def _crop_view(jpegs, seed, num_frames, crop_size, area_range, aspect_ratio_rang
   return make_view(clip, flip, seeds[2], view)
 
 
+def read_fps(serialized: tf.Tensor, video_id: tf.Tensor) -> tf.Tensor:
+  """float32 scalar `video/fps` of one record, failing with a message naming the video when it is
+  missing or not positive (the reference release's records have no frame rate)."""
+  context, _ = tf.io.parse_single_sequence_example(
+      serialized, context_features={schema.FPS_KEY: tf.io.VarLenFeature(tf.float32)})
+  fps = tf.concat([tf.sparse.to_dense(context[schema.FPS_KEY]), [0.0]], axis=0)[0]
+  check = tf.debugging.Assert(
+      fps > 0,
+      [f"data.max_span_seconds needs the frame rate: '{schema.FPS_KEY}' must be > 0 (records "
+       "written by the reference release have none; rebuild them with dataset_tools or set "
+       "max_span_seconds=None); got", fps, "in video", video_id])
+  with tf.control_dependencies([check]):
+    return tf.identity(fps)
+
+
 def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: PretrainDataConfig,
                           view_function=None) -> dict:
-  """One record -> {"view_1", "view_2"}: [T, S, S, 3] float32 in [0, 1] (uint8 if augment_in_step).
+  """One record -> {"view_1", ..., "view_ρ"}: [T, S, S, 3] float32 in [0, 1] (uint8 if
+  augment_in_step), ρ = config.num_clips.
+
+  Clip k (row k − 1 of `video_ops.sample_rho_clip_indices`) becomes view k with its own seed: its
+  own crop, flip and colour draws, each shared by all its frames when the augmentation is
+  temporally consistent. Blur and solarize use view 1's probabilities for odd k and view 2's for
+  even k. At ρ = 2 with "cvrl" sampling the seeds, clips and pixels are exactly those of CVRL's pair
+  path (`sample_clip_pair_indices`, one seed split in three).
 
   Args:
     serialized: scalar tf.string, one SequenceExample.
@@ -395,17 +461,22 @@ def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: Pretra
   video = schema.parse_video(serialized)
   frames = video["frames"]
   aug = config.augmentation
-  seeds = video_ops.split_seed(seed, 3)
-  indices_1, indices_2 = video_ops.sample_clip_pair_indices(
-      tf.shape(frames)[0], seeds[0], config.num_frames, config.stride, config.delta_exponent,
-      config.temporal_augmentation)
+  # seeds[0] for the clip starts, seeds[k] for view k (ρ = 2: the pair path's split in three).
+  seeds = video_ops.split_seed(seed, config.num_clips + 1)
+  fps = None
+  if config.temporal_sampling == "uniform" and config.max_span_seconds is not None:
+    fps = read_fps(serialized, video["video_id"])
+  indices = video_ops.sample_rho_clip_indices(  # [ρ, T]
+      tf.shape(frames)[0], fps, seeds[0], config.num_clips, config.num_frames, config.stride,
+      config.temporal_sampling, config.delta_exponent, config.temporal_augmentation,
+      config.max_span_seconds)
   views = {}
-  for view, indices, view_seed in ((1, indices_1, seeds[1]), (2, indices_2, seeds[2])):
-    jpegs = _check_jpegs(tf.gather(frames, indices), video["video_id"])
-    clip = _crop_view(jpegs, view_seed, config.num_frames, config.crop_size, aug.area_range,
+  for view, name in enumerate(config.view_names, start=1):
+    jpegs = _check_jpegs(tf.gather(frames, indices[view - 1]), video["video_id"])
+    clip = _crop_view(jpegs, seeds[view], config.num_frames, config.crop_size, aug.area_range,
                       aug.aspect_ratio_range, aug.flip_probability, aug.temporally_consistent,
-                      view_function, view)
-    views[f"view_{view}"] = tf.ensure_shape(
+                      view_function, video_ops.recipe_view(view))
+    views[name] = tf.ensure_shape(
         clip, [config.num_frames, config.crop_size, config.crop_size, 3])
   return views
 
@@ -424,19 +495,26 @@ def augment_pretrain_batch(features: dict, seed: tf.Tensor,
 
       features = augment_pretrain_batch(features, tf.stack([step, replica_id]), config.augmentation)
 
+  View k gets its own seed (split from `seed` in ρ, so ρ = 2 draws what the pair version drew)
+  and view 1's blur and solarize probabilities for odd k, view 2's for even k.
+
   Args:
-    features: {"view_1", "view_2"}: [B, T, S, S, 3] uint8.
+    features: {"view_1", ..., "view_ρ"}: [B, T, S, S, 3] uint8 (ρ >= 1; no other keys).
     seed: [2] int seed; make it differ per step and per replica.
     augmentation: the recipe (per-view blur and solarize probabilities).
 
   Returns:
-    {"view_1", "view_2"}: [B, T, S, S, 3] float32 in [0, 1].
+    {"view_1", ..., "view_ρ"}: [B, T, S, S, 3] float32 in [0, 1].
   """
-  seeds = video_ops.split_seed(seed, 2)
-  return {
-      "view_1": video_ops.augment_clips(features["view_1"], seeds[0], augmentation, view=1),
-      "view_2": video_ops.augment_clips(features["view_2"], seeds[1], augmentation, view=2),
-  }
+  names = view_names(len(features))
+  if sorted(features) != sorted(names):
+    raise ValueError(
+        f"augment_pretrain_batch takes the views 'view_1' .. 'view_ρ' of a pretraining batch, "
+        f"got keys {sorted(features)}")
+  seeds = video_ops.split_seed(seed, len(names))
+  return {name: video_ops.augment_clips(features[name], seeds[k], augmentation,
+                                        view=video_ops.recipe_view(k + 1))
+          for k, name in enumerate(names)}
 
 
 def make_classification_train_example(serialized: tf.Tensor, seed: tf.Tensor,
@@ -532,15 +610,15 @@ def pretrain_dataset(config: PretrainDataConfig,
                      input_context: Optional[tf.distribute.InputContext] = None,
                      counter: Optional[CorruptRecordCounter] = None,
                      skip_batches: int = 0) -> tf.data.Dataset:
-  """Endless CVRL pretraining batches for one input pipeline.
+  """Endless CVRL (ρ-SSL) pretraining batches for one input pipeline.
 
   Args:
     skip_batches: batches to pass over, the same as `.skip(skip_batches)` on the result but
       without decoding them (a run resumed inside a data segment; exact with deterministic).
 
   Returns:
-    Dataset of {"view_1", "view_2"}: [B, T, S, S, 3] float32 in [0, 1] (uint8, cropped and
-    flipped only, with `augment_in_step`), B = per_replica_batch_size.
+    Dataset of {"view_1", ..., "view_ρ"} (ρ = config.num_clips): [B, T, S, S, 3] float32 in
+    [0, 1] (uint8, cropped and flipped only, with `augment_in_step`), B = per_replica_batch_size.
   """
   seed = _base_seed(config.reader, input_context)
   records = _read_records(config.reader, input_context, training=True, seed=seed)

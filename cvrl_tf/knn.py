@@ -18,6 +18,7 @@ import tensorflow as tf
 from cvrl_tf import config as cfg
 from cvrl_tf import evaluate
 from cvrl_tf import input_pipeline
+from cvrl_tf import networks
 from cvrl_tf import pretrain
 from cvrl_tf import runtime
 
@@ -126,7 +127,7 @@ def run(config, workdir: str, strategy: tf.distribute.Strategy,
   cfg.require_backbone(config)
   data = config.eval_data
   with strategy.scope():
-    backbone = pretrain.build_backbone(config.model, data.num_frames, data.crop_size)
+    backbone = networks.build_backbone(config.model, data.num_frames, data.crop_size)
   if config.train.init_checkpoint:
     log(pretrain.restore_initial_backbone(backbone, config.train.init_checkpoint))
   else:  # validate() only lets this through with evaluation.allow_random_backbone

@@ -149,11 +149,13 @@ def check_label_map(config) -> str:
 
 def check_init_checkpoint(config, num_frames: int, crop_size: int) -> str:
   """Loads train.init_checkpoint into a throw-away backbone of the configured architecture."""
-  from cvrl_tf import pretrain  # the model: imported only when there is a checkpoint to check
+  # The model: imported only when there is a checkpoint to check.
+  from cvrl_tf import networks
+  from cvrl_tf import pretrain
   from cvrl_tf import resnet3d
 
   path = config.train.init_checkpoint
-  backbone = pretrain.build_backbone(config.model, num_frames, crop_size)
+  backbone = networks.build_backbone(config.model, num_frames, crop_size)
   try:
     return pretrain.restore_initial_backbone(backbone, path)
   except (resnet3d.CheckpointMismatchError, FileNotFoundError, ValueError,

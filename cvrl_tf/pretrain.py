@@ -1,4 +1,8 @@
-"""CVRL pretraining: the model and the training step, on the shared loop (cvrl_tf.loop).
+"""Pretraining: the online network, the objective and the training step, on the shared loop.
+
+The step feeds the ρ clips of each video (data.num_clips) through the online backbone + head and
+hands them to the objective (cvrl_tf.objectives: CVRL's / ρSimCLR's NT-Xent, ρMoCo, ρBYOL,
+ρSwAV), which keeps its own state (momentum network, queue, prototypes) in the checkpoint.
 
 Driven by cvrl_tf.train. Resuming sees the same batches as an uninterrupted run: see loop.py.
 """
@@ -8,50 +12,16 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from cvrl_tf import config as cfg
-from cvrl_tf import heads
 from cvrl_tf import input_pipeline
 from cvrl_tf import lars
 from cvrl_tf import loop
 from cvrl_tf import losses
+from cvrl_tf import networks
+from cvrl_tf import objectives
 from cvrl_tf import resnet3d
 from cvrl_tf import schedules
 
 NonFiniteLossError = loop.NonFiniteLossError
-
-
-@dataclasses.dataclass
-class Model:
-  backbone: resnet3d.ResNet3D
-  head: heads.ProjectionHead
-
-  @property
-  def trainable_variables(self):
-    return self.backbone.trainable_variables + self.head.trainable_variables
-
-
-def build_backbone(model: cfg.ModelConfig, num_frames: int, crop_size: int) -> resnet3d.ResNet3D:
-  """The backbone of `model`, built (variables created) for [B, T, S, S, 3] clips."""
-  backbone = resnet3d.ResNet3D(
-      depth=model.depth, width_multiplier=model.width_multiplier,
-      stem_filters=model.stem_filters, stage_filters=model.stage_filters,
-      stem_temporal_kernel=model.stem_temporal_kernel,
-      stem_temporal_stride=model.stem_temporal_stride, temporal_kernels=model.temporal_kernels,
-      sync_batch_norm=model.sync_batch_norm, bn_momentum=model.bn_momentum,
-      bn_epsilon=model.bn_epsilon)
-  backbone.build((None, num_frames, crop_size, crop_size, 3))
-  return backbone
-
-
-def build_model(model: cfg.ModelConfig, num_frames: int, crop_size: int) -> Model:
-  """Backbone + projection head, built (variables created) for [B, T, S, S, 3] clips."""
-  backbone = build_backbone(model, num_frames, crop_size)
-  head = heads.ProjectionHead(
-      hidden_sizes=model.head_hidden_sizes, output_size=model.head_output_size,
-      bn_momentum=model.head_bn_momentum, bn_epsilon=model.bn_epsilon,
-      sync_batch_norm=model.sync_batch_norm)
-  head.build((None, backbone.output_channels))
-  return Model(backbone, head)
 
 
 def build_optimizer(config, layers, variables):
@@ -122,25 +92,29 @@ def replicated_rows(data: input_pipeline.PretrainDataConfig, context: tf.distrib
 
 
 class Trainer(loop.TrainLoop):
-  """One CVRL pretraining run: backbone + projection head, NT-Xent, LARS."""
-
-  summary_names = ("loss/contrastive", "loss/regularization", "contrast/accuracy",
-                   "contrast/entropy")
-  clips_per_example = 2
+  """One pretraining run: backbone + projection head, the configured objective, LARS or SGD."""
 
   def build(self) -> dict:
     data = self.config.data
-    self.model = build_model(self.config.model, data.num_frames, data.crop_size)
-    self.optimizer, self.schedule = build_optimizer(
-        self.config, [self.model.backbone, self.model.head], self.model.trainable_variables)
-    self.kernels = (lars.kernel_variables(self.model.backbone)
-                    + lars.kernel_variables(self.model.head))
-    return {"backbone": self.model.backbone, "head": self.model.head, "optimizer": self.optimizer}
+    self.clips_per_example = data.num_clips
+    self.model = networks.build_model(self.config.model, data.num_frames, data.crop_size)
+    self.objective = objectives.make_objective(self.config, self.model)
+    state = self.objective.build()
+    names = self.objective.summary_names
+    self.summary_names = (names[0], "loss/regularization") + tuple(names[1:])
+    layers = [self.model.backbone, self.model.head, *self.objective.trained_layers]
+    self.variables = self.model.trainable_variables + self.objective.trainable_variables
+    self.optimizer, self.schedule = build_optimizer(self.config, layers, self.variables)
+    self.kernels = [v for layer in layers for v in lars.kernel_variables(layer)]
+    return dict(state, backbone=self.model.backbone, head=self.model.head,
+                optimizer=self.optimizer)
 
   def restore_initial(self) -> str:
+    done = "started from random initialisation"
     if self.config.train.init_checkpoint:
-      return restore_initial_backbone(self.model.backbone, self.config.train.init_checkpoint)
-    return "started from random initialisation"
+      done = restore_initial_backbone(self.model.backbone, self.config.train.init_checkpoint)
+    self.objective.initialize()
+    return done
 
   # ---- the step
 
@@ -156,23 +130,22 @@ class Trainer(loop.TrainLoop):
   def replica_step(self, features, with_gradient_norm: bool):
     """One optimisation step on this replica's batch; returns global-batch shares."""
     features = self._augment(features)
-    clips = tf.concat([features["view_1"], features["view_2"]], axis=0)  # [2B, T, S, S, 3]
-    variables = self.model.trainable_variables
+    clips = tf.concat([features[name] for name in self.config.data.view_names], axis=0)  # [ρB, T, S, S, 3]: clip k of video b at row k·B + b
+    step = tf.convert_to_tensor(self.optimizer.iterations)  # before this step's update: k
     with tf.GradientTape() as tape:
-      pooled = self.model.backbone(clips, training=True)["pooled"]       # [2B, C]
-      projection_1, projection_2 = tf.split(self.model.head(pooled, training=True), 2)
-      out = losses.nt_xent(projection_1, projection_2, self.config.train.temperature)
+      out = self.objective.loss(clips, step)
       regularization = tf.constant(0.0)
       if self.config.optimizer.name == "sgd":  # LARS decays inside the optimizer
         regularization = losses.weight_decay_loss(self.kernels, self.config.optimizer.weight_decay)
       # `out.loss` is already this replica's share of the global-mean loss (see losses.py).
       loss = out.loss + regularization / self.replicas
-    gradients = tape.gradient(loss, variables)
+    gradients = self.objective.gradients(tape.gradient(loss, self.variables), self.variables,
+                                         step)
     gradient_norm = (self.global_gradient_norm(gradients) if with_gradient_norm
                      else tf.constant(0.0))
-    self.optimizer.apply_gradients(zip(gradients, variables))
-    return (out.loss, regularization / self.replicas, out.contrast_accuracy,
-            out.contrast_entropy, gradient_norm)
+    self.optimizer.apply_gradients(zip(gradients, self.variables))
+    self.objective.after_update(out.state, step)
+    return (out.loss, regularization / self.replicas, *out.metrics, gradient_norm)
 
   # ---- the data
 
@@ -190,14 +163,17 @@ class Trainer(loop.TrainLoop):
   # ---- the log
 
   def progress_line(self, step, total, values, clips_per_s, eta) -> str:
-    return (f"step {step}/{total}  loss {values[0] + values[1]:.4f}  "
-            f"acc {values[2]:.3f}  lr {float(self.schedule(step - 1)):.4g}  "
+    accuracy = (f"acc {values[2]:.3f}  " if "contrast/accuracy" in self.summary_names
+                else "")
+    return (f"step {step}/{total}  loss {values[0] + values[1]:.4f}  {accuracy}"
+            f"lr {float(self.schedule(step - 1)):.4g}  "
             f"{clips_per_s:.1f} clips/s  ETA {loop.duration(eta)}")
 
   def train(self) -> dict:
     last = super().train()
     if last:
-      last["loss"] = last["loss/contrastive"] + last["loss/regularization"]
-      last["contrast_accuracy"] = last["contrast/accuracy"]
-      last["contrast_entropy"] = last["contrast/entropy"]
+      last["loss"] = last[self.summary_names[0]] + last["loss/regularization"]
+      if "contrast/accuracy" in last:
+        last["contrast_accuracy"] = last["contrast/accuracy"]
+        last["contrast_entropy"] = last["contrast/entropy"]
     return last

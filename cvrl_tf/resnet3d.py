@@ -563,7 +563,8 @@ class ResNet3D(keras.Model):
     temporal_kernels: 4 entries, one per stage: an int for every block of the stage, or a tuple
       with one int per block (the reference release's per-block form).
     sync_batch_norm: synchronise BN batch statistics across replicas (pretraining).
-    bn_momentum, bn_epsilon: of every BN.
+    bn_momentum, bn_epsilon: of every BN; momentum 1 keeps the moving statistics as they are (a
+      momentum network, cvrl_tf.objectives.momentum).
     **kwargs: keras.Model arguments (name, dtype, e.g. dtype="mixed_bfloat16").
 
   Call: clip [B, T, H, W, 3] -> {"stem", "res2", .., "res5": [B, T', H', W', C] in the compute
@@ -605,8 +606,8 @@ class ResNet3D(keras.Model):
           kernels, count, f"temporal_kernels for res{stage}",
           f"a positive int or {count} positive ints (depth {depth} has {count} blocks there)"))
     bn_momentum, bn_epsilon = float(bn_momentum), float(bn_epsilon)
-    if not 0.0 <= bn_momentum < 1.0 or bn_epsilon <= 0.0:
-      raise ValueError(f"need 0 <= bn_momentum < 1 and bn_epsilon > 0, got bn_momentum="
+    if not 0.0 <= bn_momentum <= 1.0 or bn_epsilon <= 0.0:
+      raise ValueError(f"need 0 <= bn_momentum <= 1 and bn_epsilon > 0, got bn_momentum="
                        f"{bn_momentum!r}, bn_epsilon={bn_epsilon!r}")
 
     self.depth = depth

@@ -1,5 +1,9 @@
 """Pure TF ops on videos: CVRL's temporal sampling and its spatial and colour augmentations.
 
+Temporal sampling gives CVRL's pair of clips (`sample_clip_pair_indices`) and, for ρ-SSL, ρ >= 2
+clips of a video (`sample_rho_clip_indices`: CVRL's Δ sampling generalised, or the study's uniform
+sampling within a maximum span).
+
 Videos are `[T, H, W, C]` tensors (stored frames first). Every random op is *stateless*: it takes
 `seed`, an int32 tensor of shape [2], and returns the same result for the same seed eagerly,
 inside `tf.function` and inside `tf.data` (see `split_seed`). Each op draws its randomness once per
@@ -83,6 +87,17 @@ class AugmentationConfig:
     return _per_view(self.solarize_probability_view_1, self.solarize_probability_view_2, view)
 
 
+def recipe_view(clip: int) -> int:
+  """Which of the recipe's two views (1 or 2) clip `clip` (1-based, any ρ) takes.
+
+  The blur and solarize probabilities are asymmetric (BYOL-style, one value per view); with ρ
+  clips they alternate: odd clips take view 1's, even clips view 2's (so ρ = 2 is CVRL's pair).
+  """
+  if not isinstance(clip, int) or clip < 1:
+    raise ValueError(f"clip must be an int >= 1 (1-based), got {clip!r}")
+  return 2 - clip % 2
+
+
 def _per_view(value_1, value_2, view):
   if view not in (1, 2):
     raise ValueError(f"view must be 1 or 2, got {view!r}")
@@ -136,23 +151,25 @@ def delta_probabilities(num_starts: int, exponent: float):
           for k in range(num_starts)]
 
 
-def sample_delta(seed: tf.Tensor, num_starts: tf.Tensor, exponent: float) -> tf.Tensor:
-  """Gap between the two clip starts, from CVRL's decreasing density (SPEC §2).
+def sample_delta(seed: tf.Tensor, num_starts: tf.Tensor, exponent: float,
+                 shape=()) -> tf.Tensor:
+  """Gap between two clip starts, from CVRL's decreasing density (SPEC §2).
 
   Draws from p(Δ) ∝ (1 − Δ/M)^exponent on [0, M] by inverting its CDF, and floors: exponent 1 is
-  the paper's linear decrease, 0 is uniform. One draw.
+  the paper's linear decrease, 0 is uniform. One independent draw per element of `shape`.
 
   Args:
     seed: [2] int seed.
     num_starts: M >= 1, the number of valid clip starts (stored frames − span + 1).
     exponent: >= 0.
+    shape: () for one gap (the pair sampler), [ρ − 1] for the gaps of the ρ-clip sampler.
 
   Returns:
-    int32 scalar in [0, M − 1].
+    int32 of `shape`, in [0, M − 1].
   """
   if exponent < 0:
     raise ValueError(f"delta exponent must be >= 0 (0 = uniform, 1 = linear), got {exponent!r}")
-  u = tf.random.stateless_uniform([], seed, dtype=tf.float64)
+  u = tf.random.stateless_uniform(shape, seed, dtype=tf.float64)
   m = tf.cast(num_starts, tf.float64)
   # Inverse CDF of F(Δ) = 1 − (1 − Δ/M)^(e+1).
   delta = m * (1.0 - tf.pow(1.0 - u, 1.0 / (exponent + 1.0)))
@@ -170,6 +187,7 @@ def sample_clip_pair_indices(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_
                              temporal_augmentation: bool = True):
   """Frame indices of CVRL's two clips of one video. One draw per video.
 
+  Kept as the reference that `sample_rho_clip_indices` (ρ = 2, "cvrl") reproduces bit for bit.
   The first start is uniform among the starts that leave room for the gap, the second is Δ later,
   and the two clips are returned in random order. A video too short for one clip (fewer stored
   frames than the span) gets two independent uniform starts and loops.
@@ -200,6 +218,172 @@ def sample_clip_pair_indices(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_
   starts = tf.where(swap, tf.reverse(starts, [0]), starts)
   indices = _clip_indices(starts, num_stored, num_frames, stride)
   return indices[0], indices[1]
+
+
+TEMPORAL_SAMPLINGS = ("cvrl", "uniform")
+
+
+def seconds_to_frames(max_span_seconds: float, fps: tf.Tensor) -> tf.Tensor:
+  """W = floor(max_span_seconds × fps): the largest gap, in stored frames, between two clip starts.
+
+  Stored frame i shows time i / fps (schema), so starts W frames apart are at most
+  `max_span_seconds` apart. A product within 1e-6 of an integer counts as that integer, so that
+  float rounding (0.29 × 100 = 28.999…) does not lose a frame.
+
+  Args:
+    max_span_seconds: >= 0.
+    fps: float scalar > 0, the stored frame rate (`video/fps`).
+
+  Returns:
+    int32 scalar >= 0.
+  """
+  if max_span_seconds < 0:
+    raise ValueError(f"max_span_seconds must be >= 0 (0 = one start for all clips), "
+                     f"got {max_span_seconds!r}")
+  frames = tf.floor(float(max_span_seconds) * tf.cast(fps, tf.float64) + 1e-6)
+  return tf.cast(tf.clip_by_value(frames, 0.0, 2.0**31 - 1), tf.int32)
+
+
+def sample_cvrl_clip_starts(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_clips: int,
+                            num_frames: int = 16, stride: int = 2, delta_exponent: float = 1.0,
+                            temporal_augmentation: bool = True) -> tf.Tensor:
+  """Starts of ρ clips by CVRL's Δ sampling, generalised to ρ >= 2. One draw per video.
+
+  With M = L − span + 1 valid starts (L stored frames, span = `clip_span`):
+  1) ρ − 1 gaps Δ_2 .. Δ_ρ are drawn i.i.d. from `sample_delta`'s density
+     p(Δ) ∝ (1 − Δ/M)^delta_exponent on [0, M − 1];
+  2) the first start s_1 is uniform in [0, M − max_k Δ_k), the starts that leave room for the
+     largest gap, and clip k starts at s_1 + Δ_k: every clip's gap is measured from the first
+     clip, not from its predecessor;
+  3) the ρ starts are returned in random order: at ρ = 2 a fair coin swaps the pair, exactly as
+     `sample_clip_pair_indices` does (same seed split, same draws, so the same clips bit for bit);
+     at ρ > 2 a uniformly random permutation.
+  A video shorter than one span (M < 1) gets ρ independent starts uniform in [0, L), and its clips
+  loop. `temporal_augmentation=False` sets every Δ to 0 (and gives looped videos one start for
+  all clips): all ρ clips are the same frames, the paper's ablation.
+
+  Args:
+    num_stored_frames: int scalar L >= 1.
+    seed: [2] int seed.
+    num_clips: ρ >= 2 (a Python int).
+    num_frames, stride: the clip is frames start, start + stride, ... (num_frames of them).
+    delta_exponent: exponent of the Δ density (1 linear, 0 uniform).
+    temporal_augmentation: False gives all clips one start.
+
+  Returns:
+    [ρ] int32 starts in [0, L).
+  """
+  num_stored = tf.cast(num_stored_frames, tf.int32)
+  num_starts = num_stored - clip_span(num_frames, stride) + 1
+  # The same four seeds, in the same roles, as sample_clip_pair_indices.
+  seeds = split_seed(seed, 4)
+  long_enough = num_starts >= 1
+  safe_starts = tf.maximum(num_starts, 1)
+  if not temporal_augmentation:
+    deltas = tf.zeros([num_clips - 1], tf.int32)
+  elif num_clips == 2:
+    deltas = sample_delta(seeds[0], safe_starts, delta_exponent)[None]  # [1], the pair's one draw
+  else:
+    deltas = sample_delta(seeds[0], safe_starts, delta_exponent, shape=[num_clips - 1])
+  first = _uniform_int(seeds[1], [], safe_starts - tf.reduce_max(deltas))
+  looped = _uniform_int(seeds[2], [num_clips], num_stored)
+  if not temporal_augmentation:
+    looped = tf.fill([num_clips], looped[0])
+  starts = tf.where(long_enough, tf.concat([first[None], first + deltas], axis=0), looped)
+  if num_clips == 2:
+    swap = _bernoulli(seeds[3], [], 0.5)
+    return tf.where(swap, tf.reverse(starts, [0]), starts)
+  order = tf.argsort(tf.random.stateless_uniform([num_clips], seeds[3]), stable=True)
+  return tf.gather(starts, order)
+
+
+def sample_uniform_clip_starts(num_stored_frames: tf.Tensor, seed: tf.Tensor, num_clips: int,
+                               num_frames: int = 16, stride: int = 2,
+                               max_span_frames: tf.Tensor = None) -> tf.Tensor:
+  """Starts of ρ clips uniform within a maximum span (the ρ-SSL study's sampling). One draw.
+
+  With M valid starts (L − span + 1; for a video shorter than one span, M = L and the clips loop)
+  and W = `max_span_frames` (None: the whole video, W = M − 1):
+  1) a window of w = min(W + 1, M) consecutive valid starts is placed uniformly: its first start o
+     is uniform in [0, M − w];
+  2) each of the ρ starts is uniform in [o, o + w), independently of the others.
+  So no two starts are more than W frames apart; W = 0 gives one start for all clips, and W = None
+  gives ρ independent starts uniform over the whole video. The clips are exchangeable, so no
+  shuffle is needed. For a finite W each start's marginal is not uniform over [0, M): starts near
+  the ends lie in fewer windows (P(s) = #{o : o <= s < o + w} / ((M − w + 1) · w)).
+
+  Args:
+    num_stored_frames: int scalar L >= 1.
+    seed: [2] int seed.
+    num_clips: ρ >= 2 (a Python int).
+    num_frames, stride: the clip is frames start, start + stride, ... (num_frames of them).
+    max_span_frames: int scalar W >= 0 (see `seconds_to_frames`), or None for the whole video.
+
+  Returns:
+    [ρ] int32 starts in [0, L).
+  """
+  num_stored = tf.cast(num_stored_frames, tf.int32)
+  num_starts = num_stored - clip_span(num_frames, stride) + 1
+  # A short video starts anywhere and loops, like the other samplers.
+  num_starts = tf.where(num_starts >= 1, num_starts, num_stored)
+  width = num_starts
+  if max_span_frames is not None:
+    width = tf.minimum(tf.cast(max_span_frames, tf.int32) + 1, num_starts)
+  seeds = split_seed(seed, 2)
+  offset = _uniform_int(seeds[0], [], num_starts - width + 1)
+  return offset + _uniform_int(seeds[1], [num_clips], width)
+
+
+def sample_rho_clip_indices(num_stored_frames: tf.Tensor, fps: tf.Tensor, seed: tf.Tensor,
+                            num_clips: int = 2, num_frames: int = 16, stride: int = 2,
+                            temporal_sampling: str = "cvrl", delta_exponent: float = 1.0,
+                            temporal_augmentation: bool = True,
+                            max_span_seconds: float = None) -> tf.Tensor:
+  """Frame indices of ρ clips of one video (ρ-SSL). One draw per video.
+
+  "cvrl": `sample_cvrl_clip_starts` (CVRL's Δ sampling, each further clip at a sampled gap from the
+  first; at ρ = 2 the same clips as `sample_clip_pair_indices` for the same seed, bit for bit).
+  "uniform": `sample_uniform_clip_starts` with W = `seconds_to_frames(max_span_seconds, fps)`
+  (None: the whole video); `temporal_augmentation=False` there means W = 0.
+  Clips of videos shorter than one span loop.
+
+  Args:
+    num_stored_frames: int scalar L >= 1.
+    fps: float scalar > 0, the stored frame rate; only read by "uniform" with a max_span_seconds
+      (may be None otherwise).
+    seed: [2] int seed.
+    num_clips: ρ >= 2.
+    num_frames, stride: the clip is frames start, start + stride, ... (num_frames of them).
+    temporal_sampling: "cvrl" or "uniform".
+    delta_exponent: "cvrl" only: exponent of the Δ density (1 linear, 0 uniform).
+    temporal_augmentation: False gives all clips one start.
+    max_span_seconds: "uniform" only: the largest time between two clip starts (0 = one start);
+      None = the whole video.
+
+  Returns:
+    [ρ, num_frames] int32 in [0, L); row k is clip k + 1.
+  """
+  if not isinstance(num_clips, int) or num_clips < 2:
+    raise ValueError(f"num_clips (ρ) must be an int >= 2, got {num_clips!r}")
+  num_stored = tf.cast(num_stored_frames, tf.int32)
+  if temporal_sampling == "cvrl":
+    starts = sample_cvrl_clip_starts(num_stored, seed, num_clips, num_frames, stride,
+                                     delta_exponent, temporal_augmentation)
+  elif temporal_sampling == "uniform":
+    if not temporal_augmentation:
+      span = 0
+    elif max_span_seconds is None:
+      span = None
+    elif fps is None:
+      raise ValueError("uniform temporal sampling with max_span_seconds="
+                       f"{max_span_seconds!r} needs the video's fps, got None")
+    else:
+      span = seconds_to_frames(max_span_seconds, fps)
+    starts = sample_uniform_clip_starts(num_stored, seed, num_clips, num_frames, stride, span)
+  else:
+    raise ValueError(f"temporal_sampling must be one of {TEMPORAL_SAMPLINGS}, "
+                     f"got {temporal_sampling!r}")
+  return _clip_indices(starts, num_stored, num_frames, stride)
 
 
 def sample_clip_pair(video: tf.Tensor, seed: tf.Tensor, num_frames: int = 16, stride: int = 2,

@@ -14,7 +14,7 @@ import tensorflow as tf
 from cvrl_tf import config as cfg
 from cvrl_tf import heads
 from cvrl_tf import input_pipeline
-from cvrl_tf import pretrain
+from cvrl_tf import networks
 from cvrl_tf import resnet3d
 from cvrl_tf import schema
 
@@ -88,7 +88,7 @@ def _backbone_values(workdir) -> dict:
   optimizer's shorter path)."""
   config = cfg.read_workdir_config(workdir)
   data = config.data if isinstance(config, cfg.ExperimentConfig) else config.train_data
-  backbone = pretrain.build_backbone(config.model, data.num_frames, data.crop_size)
+  backbone = networks.build_backbone(config.model, data.num_frames, data.crop_size)
   resnet3d.restore_backbone_checkpoint(backbone, os.path.join(workdir, "checkpoints"))
   return {v.path: v.numpy() for v in backbone.variables}
 

@@ -25,6 +25,7 @@ from cvrl_tf import export
 from cvrl_tf import extract_features
 from cvrl_tf import heads
 from cvrl_tf import input_pipeline
+from cvrl_tf import networks
 from cvrl_tf import pretrain
 from cvrl_tf import resnet3d
 from cvrl_tf import schema
@@ -277,14 +278,14 @@ def _reference(workdir, sync_batch_norm=None):
         config.model, sync_batch_norm=sync_batch_norm))
   prefix = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
   if isinstance(config, cfg.ClassificationExperimentConfig):
-    backbone = pretrain.build_backbone(config.model, 4, 32)
+    backbone = networks.build_backbone(config.model, 4, 32)
     top = heads.LinearClassifier(config.evaluation.num_classes,
                                  normalize=config.classifier.normalize,
                                  dropout_rate=config.classifier.dropout_rate)
     top.build((None, backbone.output_channels))
     objects = {"backbone": backbone, "classifier": top}
   else:
-    model = pretrain.build_model(config.model, 4, 32)
+    model = networks.build_model(config.model, 4, 32)
     backbone, top = model.backbone, model.head
     objects = {"backbone": backbone, "head": top}
   tf.train.Checkpoint(**objects).restore(prefix).expect_partial().assert_existing_objects_matched()
@@ -641,7 +642,7 @@ def test_export_features_and_init_checkpoint_on_ram_leave_no_local_files(tmp_pat
         storage.copy(f"{root}/run/checkpoints/{name}", f"{folder}/{name}")
       storage.remove(f"{root}/run")
       assert resnet3d.latest_checkpoint(folder) == f"{folder}/ckpt-3"
-    backbone = pretrain.build_backbone(config.model, 4, 32)
+    backbone = networks.build_backbone(config.model, 4, 32)
     message = pretrain.restore_initial_backbone(backbone, folder)
     assert message.startswith("restored ") and folder in message
     for ours, theirs in zip(modules["backbone"].weights, backbone.weights):

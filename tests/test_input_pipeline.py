@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from cvrl_tf import input_pipeline as ip
 from cvrl_tf import schema
+from cvrl_tf import video_ops
 from cvrl_tf.video_ops import AugmentationConfig
 
 HEIGHT, WIDTH = 32, 48
@@ -114,6 +115,193 @@ def test_augment_in_step_yields_uint8_for_the_training_step(records):
   for key in ("view_1", "view_2"):
     assert out[key].dtype == tf.float32 and out[key].shape == (2, 2, 8, 8, 3)
     assert 0 <= out[key].numpy().min() and out[key].numpy().max() <= 1
+
+
+# ρ clips per video.
+
+# Every op on, view 2's blur and solarize differing from view 1's: what alternation must keep.
+BUSY = AugmentationConfig(color_jitter_probability=1.0, grayscale_probability=0.3,
+                          blur_probability_view_1=1.0, blur_probability_view_2=0.0,
+                          solarize_probability_view_1=0.0, solarize_probability_view_2=1.0)
+
+
+def _pair_path_example(serialized, seed, config, view_function):
+  """make_pretrain_example as it was before ρ clips (the pair path), kept verbatim as the
+  reference that ρ = 2 must reproduce bit for bit."""
+  video = schema.parse_video(serialized)
+  frames = video["frames"]
+  aug = config.augmentation
+  seeds = video_ops.split_seed(seed, 3)
+  indices_1, indices_2 = video_ops.sample_clip_pair_indices(
+      tf.shape(frames)[0], seeds[0], config.num_frames, config.stride, config.delta_exponent,
+      config.temporal_augmentation)
+  views = {}
+  for view, indices, view_seed in ((1, indices_1, seeds[1]), (2, indices_2, seeds[2])):
+    jpegs = ip._check_jpegs(tf.gather(frames, indices), video["video_id"])
+    clip = ip._crop_view(jpegs, view_seed, config.num_frames, config.crop_size, aug.area_range,
+                         aug.aspect_ratio_range, aug.flip_probability, aug.temporally_consistent,
+                         view_function, view)
+    views[f"view_{view}"] = tf.ensure_shape(
+        clip, [config.num_frames, config.crop_size, config.crop_size, 3])
+  return views
+
+
+def _pair_path_dataset(config):
+  # pretrain_dataset's own steps with the pair path's example function.
+  seed = ip._base_seed(config.reader, None)
+  records = ip._read_records(config.reader, None, training=True, seed=seed)
+  view_function = ip._pretrain_view_function(config)
+  examples = ip._map_examples(
+      records, lambda s, k: _pair_path_example(s, k, config, view_function), config.reader, seed,
+      None, training=True)
+  return ip._finish(examples, config.reader, training=True)
+
+
+def _example_views(record, seed, config, view_function=None):
+  example = ip.make_pretrain_example(record, tf.constant(seed, tf.int64), config, view_function)
+  return {key: value.numpy() for key, value in example.items()}
+
+
+def _uint8_frame_indices(views):
+  # [B, T, S, S, 3] uint8 (augment_in_step: cropped and flipped only) -> [B, T] frame indices.
+  return np.stack([_frame_indices(clip / 255.0) for clip in np.asarray(views)])
+
+
+def test_rho_2_pipeline_is_the_pair_path_bit_for_bit(records):
+  # The whole pipeline (seeds per position, deterministic order) against its pair-path twin.
+  # augment_in_step keeps the graphs small (fast); the colour chain is compared just below.
+  config = ip.PretrainDataConfig(reader=_reader(records, seed=9, deterministic=True),
+                                 num_frames=3, stride=4, crop_size=12, augmentation=BUSY,
+                                 augment_in_step=True, use_xla=False)
+  assert config.num_clips == 2 and config.temporal_sampling == "cvrl"
+  new = [b for b in ip.pretrain_dataset(config).take(3)]
+  old = [b for b in _pair_path_dataset(config).take(3)]
+  for got, expected in zip(new, old):
+    assert set(got) == set(expected) == {"view_1", "view_2"}
+    for key in expected:
+      np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
+  assert not np.array_equal(new[0]["view_1"].numpy(), new[0]["view_2"].numpy())
+  # Example by example with the full recipe (every colour op on, per-view blur and solarize),
+  # a looped short video, and without temporal augmentation.
+  colour = dataclasses.replace(config, augment_in_step=False)
+  short = tf.constant(_video(_index_frames(7)))
+  serialized = next(iter(tf.data.TFRecordDataset(tf.io.gfile.glob(records)[:1])))
+  for variant in (colour, dataclasses.replace(colour, temporal_augmentation=False)):
+    view_function = ip._pretrain_view_function(variant)
+    for i, record in enumerate((serialized, short, serialized)):
+      got = _example_views(record, [i, 31], variant, view_function)
+      expected = _pair_path_example(record, tf.constant([i, 31], tf.int64), variant,
+                                    view_function)
+      assert set(got) == {"view_1", "view_2"}
+      for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key].numpy())
+      assert not np.array_equal(got["view_1"], got["view_2"])
+
+
+def test_rho_3_pipeline_yields_three_strided_views(records):
+  config = ip.PretrainDataConfig(reader=_reader(records, seed=4), num_frames=4, stride=3,
+                                 crop_size=12, num_clips=3, augmentation=IDENTITY,
+                                 augment_in_step=True, use_xla=False)
+  assert config.view_names == ["view_1", "view_2", "view_3"]
+  all_starts = []
+  for batch in ip.pretrain_dataset(config).take(3):
+    assert set(batch) == {"view_1", "view_2", "view_3"}
+    starts = []
+    for key in config.view_names:
+      assert batch[key].shape == (2, 4, 12, 12, 3) and batch[key].dtype == tf.uint8
+      indices = _uint8_frame_indices(batch[key])  # [B, T]
+      np.testing.assert_array_equal(indices, indices[:, :1] + 3 * np.arange(4))
+      starts.append(indices[:, 0])
+    all_starts.append(np.stack(starts, axis=1))  # [B, 3]
+  all_starts = np.concatenate(all_starts)
+  # 30 frames, span 10: M = 21 valid starts.
+  assert all_starts.min() >= 0 and all_starts.max() <= 20
+  assert (all_starts[:, 0] != all_starts[:, 1]).any()  # clips differ in time
+  # The colour pipeline gives float views of the same clips (same seed, same starts).
+  example = _example_views(tf.constant(_video(_index_frames(30))), [1, 2],
+                           dataclasses.replace(config, augment_in_step=False))
+  cropped = _example_views(tf.constant(_video(_index_frames(30))), [1, 2], config)
+  for key in config.view_names:
+    assert example[key].dtype == np.float32 and example[key].shape == (4, 12, 12, 3)
+    np.testing.assert_array_equal(_frame_indices(example[key]),
+                                  _uint8_frame_indices(cropped[key][None])[0])
+
+
+def test_rho_views_alternate_the_blur_and_solarize_probabilities():
+  # Solarize view 2 always (threshold 0 inverts every pixel), view 1 never: with ρ = 4, views 2
+  # and 4 come out inverted, views 1 and 3 as stored.
+  recipe = dataclasses.replace(IDENTITY, solarize_probability_view_2=1.0, solarize_threshold=0.0)
+  config = ip.PretrainDataConfig(num_frames=2, stride=2, crop_size=8, num_clips=4,
+                                 augmentation=recipe, use_xla=False)
+  record = tf.constant(_video(_index_frames(30)))
+  for seed in ([0, 1], [5, 1]):
+    views = _example_views(record, seed, config)
+    for view, key in enumerate(config.view_names, start=1):
+      clip = 1.0 - views[key] if view % 2 == 0 else views[key]
+      indices = _frame_indices(clip)
+      np.testing.assert_array_equal(indices, indices[0] + 2 * np.arange(2))
+
+
+def test_uniform_sampling_reads_fps_and_keeps_clips_within_the_span(records, tmp_path):
+  # fps 25 × 0.2 s = 5 stored frames between the earliest and the latest start, at most.
+  config = ip.PretrainDataConfig(
+      reader=_reader(records, seed=8, per_replica_batch_size=8), num_frames=2, stride=1,
+      crop_size=8, num_clips=4, temporal_sampling="uniform", max_span_seconds=0.2,
+      augmentation=IDENTITY, augment_in_step=True, use_xla=False)
+  spreads = []
+  for batch in ip.pretrain_dataset(config).take(4):
+    starts = np.stack([_uint8_frame_indices(batch[key])[:, 0] for key in config.view_names],
+                      axis=1)  # [B, 4]
+    spreads += list(starts.max(axis=1) - starts.min(axis=1))
+  assert max(spreads) <= 5 and max(spreads) >= 3
+  record = tf.constant(_video(_index_frames(30)))
+  same = dataclasses.replace(config, max_span_seconds=0.0)
+  for seed in ([0, 1], [1, 1], [2, 1]):
+    views = _example_views(record, seed, same)
+    starts = [_uint8_frame_indices(views[key][None])[0, 0] for key in same.view_names]
+    assert len(set(starts)) == 1
+  # The reference release's records have no fps: a span cannot be converted, and says so.
+  reference = tf.constant(_reference_format(_index_frames(12), label=7))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="video/fps.*must be > 0.*max_span_seconds=None"):
+    _example_views(reference, [0, 1], config)
+  # Without a span the frame rate is not read.
+  whole = dataclasses.replace(config, max_span_seconds=None)
+  assert _example_views(reference, [0, 1], whole)["view_4"].shape == (2, 8, 8, 3)
+
+
+def test_augment_pretrain_batch_rho_views_each_with_its_own_seed():
+  rng = np.random.default_rng(3)
+  features = {f"view_{k}": tf.constant(rng.integers(0, 256, (2, 2, 8, 8, 3)), tf.uint8)
+              for k in (1, 2, 3)}
+  seed = tf.constant([4, 0])
+  out = ip.augment_pretrain_batch(features, seed, BUSY)
+  seeds = video_ops.split_seed(seed, 3)
+  for k, view in ((1, 1), (2, 2), (3, 1)):
+    expected = video_ops.augment_clips(features[f"view_{k}"], seeds[k - 1], BUSY, view=view)
+    np.testing.assert_array_equal(out[f"view_{k}"].numpy(), expected.numpy())
+  # ρ = 2: exactly the pair version's two calls.
+  pair = {key: features[key] for key in ("view_1", "view_2")}
+  out = ip.augment_pretrain_batch(pair, seed, BUSY)
+  seeds = video_ops.split_seed(seed, 2)
+  np.testing.assert_array_equal(out["view_1"], video_ops.augment_clips(pair["view_1"], seeds[0],
+                                                                      BUSY, view=1))
+  np.testing.assert_array_equal(out["view_2"], video_ops.augment_clips(pair["view_2"], seeds[1],
+                                                                      BUSY, view=2))
+  with pytest.raises(ValueError, match="view_1' .. 'view_ρ'.*'view_3'"):
+    ip.augment_pretrain_batch({"view_1": pair["view_1"], "view_3": pair["view_2"]}, seed, BUSY)
+
+
+def test_pretrain_config_validation_names_the_bad_value():
+  with pytest.raises(ValueError, match="num_clips.*>= 2, got 1"):
+    ip.PretrainDataConfig(num_clips=1)
+  with pytest.raises(ValueError, match="temporal_sampling must be one of 'cvrl', 'uniform', "
+                                       "got 'random'"):
+    ip.PretrainDataConfig(temporal_sampling="random")
+  with pytest.raises(ValueError, match="max_span_seconds must be None.*got -0.5"):
+    ip.PretrainDataConfig(temporal_sampling="uniform", max_span_seconds=-0.5)
+  # Ignored by "cvrl" (overrides may switch the sampling in either order).
+  assert ip.PretrainDataConfig(max_span_seconds=2.0).max_span_seconds == 2.0
 
 
 def test_input_context_shards_files_and_scales_the_batch(records):

@@ -79,6 +79,14 @@ def _variables(workdir):
           if name.startswith(("backbone/", "head/"))}
 
 
+def _state(workdir):
+  """Every variable of the run's latest checkpoint: model, optimizer, objective state."""
+  prefix = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  reader = tf.train.load_checkpoint(prefix)
+  return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
+          if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))}
+
+
 def _losses(stdout):
   return [float(line.split("loss ")[1].split()[0]) for line in stdout.splitlines()
           if line.startswith("step ")]
@@ -152,14 +160,28 @@ def six_steps(experiment, tmp_path_factory):
   return workdir
 
 
-def test_resume_after_sigkill_ends_with_the_same_weights(experiment, six_steps, tmp_path):
+# The ρ-SSL objectives keep state beside the weights: MoCo's momentum network and queue (16 keys
+# a step into 32 slots: it wraps around before the kill), SwAV's prototypes (frozen for the first
+# epoch, the run's first 2 steps).
+OBJECTIVES = {"simclr": [],
+              "moco": ["objective.name=moco", "objective.queue_size=32", "objective.momentum=0.9"],
+              "swav": ["objective.name=swav", "objective.num_prototypes=5"]}
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_resume_after_sigkill_ends_with_the_same_state(objective, experiment, six_steps,
+                                                       tmp_path):
+  overrides = OBJECTIVES[objective]
   reference = six_steps
+  if overrides:
+    reference = str(tmp_path / "reference")
+    _train(experiment, reference, *overrides)
   killed = str(tmp_path / "killed")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   process = subprocess.Popen(
       [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
-       f"--workdir={killed}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL, start_new_session=True)
+       f"--workdir={killed}", *[f"--config={o}" for o in overrides]], cwd=REPO, env=env,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   # A checkpoint counts once the manager's state file names it (written after the data files).
   state = os.path.join(killed, "checkpoints", "checkpoint")
   deadline = time.monotonic() + 300
@@ -170,10 +192,13 @@ def test_resume_after_sigkill_ends_with_the_same_weights(experiment, six_steps, 
   process.wait()
   assert not os.path.exists(os.path.join(killed, "checkpoints", "ckpt-6.index")), (
       "the kill should land before the end")
-  resumed = _train(experiment, killed)
+  resumed = _train(experiment, killed, *overrides)
   assert "resumed from" in resumed.stdout
-  expected, got = _variables(reference), _variables(killed)
+  expected, got = _state(reference), _state(killed)
   assert sorted(expected) == sorted(got)
+  held = {"moco": ("momentum_backbone/", "momentum_head/", "queue/", "queue_pointer/"),
+          "swav": ("prototypes/",)}.get(objective, ())
+  assert all(any(name.startswith(prefix) for name in got) for prefix in held), sorted(got)
   for name in expected:
     np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
@@ -284,14 +309,17 @@ def test_two_replicas_train_like_one_replica_on_the_whole_batch(experiment):
 
 
 @pytest.mark.slow
-def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_path):
+@pytest.mark.parametrize("objective", ["simclr", "moco"])
+def test_two_workers_on_localhost_match_the_single_process_run(objective, experiment, tmp_path):
   # A real MultiWorkerMirroredStrategy: two processes, TF_CONFIG, collectives over 127.0.0.1.
   # With input_sharding=replicate both hosts see the single-process global batches.
   # A gentle learning rate: at the tiny experiment's own (0.08) the loss swings by 30% a step,
   # which turns float32 rounding differences into visible loss differences within 4 steps.
+  # MoCo: its keys are gathered from both workers into the queue, and the momentum network and
+  # queue are updated on each worker's copy.
   overrides = ["train.max_steps=4", "train.steps_per_loop=1", "train.log_every_steps=1",
                "train.input_sharding=replicate", "train.checkpoint_every_steps=2",
-               "optimizer.base_learning_rate=1.28"]
+               "optimizer.base_learning_rate=1.28", *OBJECTIVES[objective]]
   single = _train(experiment, str(tmp_path / "single"), *overrides)
   workers = _start_workers(experiment, [str(tmp_path / "multi")] * 2, overrides, tmp_path)
   outputs = _wait(workers, timeout=600)
@@ -307,6 +335,14 @@ def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_p
   np.testing.assert_allclose(_losses(chief)[0], _losses(single.stdout)[0], atol=1.5e-4)
   np.testing.assert_allclose(_losses(chief), _losses(single.stdout), rtol=5e-4)
   assert tf.train.latest_checkpoint(str(tmp_path / "multi" / "checkpoints")).endswith("ckpt-4")
+  if objective == "moco":
+    # The queue holds both workers' keys in the single process's order (4 steps × 16 keys).
+    expected, got = _state(str(tmp_path / "single")), _state(str(tmp_path / "multi"))
+    queue = [name for name in expected if name.startswith(("queue/", "queue_pointer/"))]
+    assert len(queue) == 2
+    assert [int(got[name]) for name in queue if name.startswith("queue_pointer/")] == [0]  # 64 % 32
+    for name in queue:
+      np.testing.assert_allclose(got[name], expected[name], rtol=2e-3, atol=2e-4, err_msg=name)
   assert not os.path.exists(tmp_path / "multi" / "workers")   # scratch copies stay out
   assert os.listdir(tmp_path / "tmp") == []   # and are deleted, folders included
 
@@ -536,23 +572,37 @@ def _start_workers(experiment, workdirs, overrides, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp_path / "tmp"),
                TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
                                                                   "index": index}}))
-    workers.append(subprocess.Popen(
+    # Into files, not pipes: a worker blocked on a full pipe that nobody reads yet (the test
+    # waits for worker 0 first) stalls the collectives of both.
+    logs = [open(tmp_path / f"worker{index}.{kind}", "w+") for kind in ("out", "err")]
+    worker = subprocess.Popen(
         [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
          f"--workdir={workdir}", *[f"--config={o}" for o in overrides]],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        cwd=REPO, env=env, stdout=logs[0], stderr=logs[1], text=True)
+    worker.logs = logs
+    workers.append(worker)
   return workers
 
 
 def _wait(workers, timeout):
+  """[(exit code, stdout, stderr)] of each worker."""
   outputs = []
+  deadline = time.monotonic() + timeout
   try:
     for worker in workers:
-      stdout, stderr = worker.communicate(timeout=timeout)
-      outputs.append((worker.returncode, stdout, stderr))
+      worker.wait(timeout=max(1.0, deadline - time.monotonic()))
   finally:
     for worker in workers:
       if worker.poll() is None:
         worker.kill()
+        worker.wait()
+  for worker in workers:
+    texts = []
+    for log in worker.logs:
+      log.seek(0)
+      texts.append(log.read())
+      log.close()
+    outputs.append((worker.returncode, *texts))
   return outputs
 
 

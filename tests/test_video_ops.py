@@ -106,6 +106,203 @@ def test_gap_between_sampled_clips_follows_the_density():
   assert 0.45 < np.mean(distinct[:, 0] < distinct[:, 1]) < 0.55  # random order
 
 
+# ρ clips per video (ρ-SSL).
+
+
+def _rho_starts(draws, seed, num_stored, **kwargs):
+  """[draws, ρ] clip starts (first index of each clip) of `sample_rho_clip_indices`."""
+  seeds = tf.random.experimental.stateless_split(tf.constant(seed, tf.int64), draws)
+  fps = kwargs.pop("fps", None)
+  return tf.function(lambda s: tf.map_fn(
+      lambda one: video_ops.sample_rho_clip_indices(num_stored, fps, one, **kwargs)[:, 0], s,
+      fn_output_signature=tf.int32))(seeds).numpy()
+
+
+@pytest.mark.parametrize("exponent, temporal_augmentation", [(1.0, True), (0.0, True),
+                                                              (2.0, True), (1.0, False)])
+def test_rho_2_cvrl_is_the_pair_sampler_bit_for_bit(exponent, temporal_augmentation):
+  # Lengths below, at and above one span (8 frames at stride 3 span 22), 60 seeds each.
+  seeds = tf.random.experimental.stateless_split(tf.constant([3, 4], tf.int64), 60)
+  kwargs = dict(num_frames=8, stride=3, delta_exponent=exponent,
+                temporal_augmentation=temporal_augmentation)
+  pair = tf.function(lambda n, s: tf.map_fn(
+      lambda one: tf.stack(video_ops.sample_clip_pair_indices(n, one, **kwargs)), s,
+      fn_output_signature=tf.int32))
+  rho = tf.function(lambda n, s: tf.map_fn(
+      lambda one: video_ops.sample_rho_clip_indices(n, None, one, 2, **kwargs), s,
+      fn_output_signature=tf.int32))
+  for length in (1, 7, 21, 22, 23, 40, 100, 1000):
+    expected = pair(tf.constant(length), seeds).numpy()  # [60, 2, 8]
+    np.testing.assert_array_equal(rho(tf.constant(length), seeds).numpy(), expected)
+  # And eagerly, as the pipeline's map would trace it.
+  for i in range(5):
+    np.testing.assert_array_equal(
+        video_ops.sample_rho_clip_indices(50, None, _seed(i), 2, **kwargs),
+        tf.stack(video_ops.sample_clip_pair_indices(50, _seed(i), **kwargs)))
+
+
+def test_rho_4_cvrl_gaps_from_the_first_clip_follow_the_density():
+  # 4 frames at stride 2 (span 7) of a 26-frame video: M = 20 valid starts.
+  draws, m = 3000, 20
+  starts = _rho_starts(draws, [8, 9], 26, num_clips=4, num_frames=4, stride=2)  # [draws, 4]
+  assert starts.min() >= 0 and starts.max() <= m - 1  # the first start leaves room for every gap
+  ordered = np.sort(starts, axis=1)
+  # The first clip starts earliest (Δ >= 0): the others' offsets from it are the 3 i.i.d. gaps.
+  gaps = (ordered[:, 1:] - ordered[:, :1]).ravel()
+  probabilities = np.array(video_ops.delta_probabilities(m, 1.0))
+  _, p_value = scipy.stats.chisquare(np.bincount(gaps, minlength=m), probabilities * gaps.size)
+  assert p_value > 1e-3
+  # The mean gap against its closed form Σ k P(Δ = k) (≈ M/3 for the linear density).
+  mean = np.sum(np.arange(m) * probabilities)
+  assert abs(gaps.mean() - mean) < 4 * np.sqrt(np.sum((np.arange(m) - mean) ** 2 * probabilities)
+                                               / gaps.size)
+  # Random order: the first clip (the unique earliest start) is equally often at each position.
+  unique = (ordered[:, 0] < ordered[:, 1])
+  positions = np.argmin(starts[unique], axis=1)
+  counts = np.bincount(positions, minlength=4)
+  _, p_value = scipy.stats.chisquare(counts)
+  assert p_value > 1e-3, counts
+
+
+def test_rho_3_cvrl_joint_distribution_is_exactly_the_documented_one():
+  # M = 4 (a 10-frame video, 4 frames at stride 2): enumerate Δ_2, Δ_3, the first start and the
+  # 3! orders, and compare the 64 ordered start triples' frequencies with their probabilities.
+  m, draws = 4, 6000
+  p_delta = video_ops.delta_probabilities(m, 1.0)
+  expected = np.zeros([m] * 3)
+  for d2 in range(m):
+    for d3 in range(m):
+      room = m - max(d2, d3)
+      for first in range(room):
+        starts = (first, first + d2, first + d3)
+        for order in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+          expected[tuple(starts[k] for k in order)] += p_delta[d2] * p_delta[d3] / room / 6
+  assert abs(expected.sum() - 1) < 1e-12
+  starts = _rho_starts(draws, [10, 11], 10, num_clips=3, num_frames=4, stride=2)
+  counts = np.zeros([m] * 3)
+  np.add.at(counts, tuple(starts.T), 1)
+  assert counts[expected == 0].sum() == 0  # e.g. (0, 3, 3) from Δ = 3 never with first start 1
+  keep = expected > 0
+  _, p_value = scipy.stats.chisquare(counts[keep], expected[keep] * draws)
+  assert p_value > 1e-3
+
+
+def test_rho_cvrl_short_videos_loop_and_no_temporal_augmentation_shares_the_start():
+  for i in range(10):
+    # 8 frames at stride 2 span 15 > 10 stored frames: independent starts, looped clips.
+    indices = video_ops.sample_rho_clip_indices(10, None, _seed(i), 3, 8, 2).numpy()
+    assert indices.shape == (3, 8) and indices.dtype == np.int32
+    assert all(_progression(row, 2, 10) for row in indices)
+  starts = _rho_starts(400, [1, 1], 10, num_clips=3, num_frames=8, stride=2)
+  _, p_value = scipy.stats.chisquare(np.bincount(starts.ravel(), minlength=10))
+  assert p_value > 1e-3  # uniform over all 10 frames
+  assert np.mean(starts[:, 0] == starts[:, 1]) < 0.2  # independent (1/10 expected)
+  for length in (100, 10):
+    starts = _rho_starts(100, [2, 2], length, num_clips=4, num_frames=8, stride=2,
+                         temporal_augmentation=False)
+    assert (starts == starts[:, :1]).all()
+    assert len(set(starts[:, 0])) > 5  # the shared start is still random
+
+
+def _window_probabilities(num_starts, width, num_clips):
+  """Exact P(ordered starts) of the uniform sampler: window offset o, then starts in [o, o + w)."""
+  expected = np.zeros([num_starts] * num_clips)
+  for offset in range(num_starts - width + 1):
+    window = np.zeros(num_starts)
+    window[offset:offset + width] = 1.0 / width
+    joint = window
+    for _ in range(num_clips - 1):
+      joint = np.multiply.outer(joint, window)
+    expected += joint / (num_starts - width + 1)
+  return expected
+
+
+def test_uniform_joint_distribution_within_the_span_is_exact():
+  # 25 fps and 0.1 s: W = floor(2.5) = 2 frames; M = 8 valid starts (14 frames, span 7).
+  draws, m = 4000, 8
+  starts = _rho_starts(draws, [12, 13], 14, num_clips=2, num_frames=4, stride=2,
+                       temporal_sampling="uniform", max_span_seconds=0.1, fps=tf.constant(25.0))
+  expected = _window_probabilities(m, 3, 2)
+  counts = np.zeros([m, m])
+  np.add.at(counts, tuple(starts.T), 1)
+  assert np.abs(starts[:, 0] - starts[:, 1]).max() == 2  # never more than W apart, W is reached
+  assert counts[expected == 0].sum() == 0
+  _, p_value = scipy.stats.chisquare(counts[expected > 0], expected[expected > 0] * draws)
+  assert p_value > 1e-3
+  # Hand-computed: the 6 windows [o, o + 3), o = 0..5; start 0 lies in one, start 3 in three.
+  np.testing.assert_allclose(expected.sum(axis=1)[[0, 1, 3]], [1 / 18, 2 / 18, 3 / 18])
+
+
+def test_uniform_rho_4_starts_stay_within_the_span_with_trapezoid_marginals():
+  # 29.97 fps (float32) × 0.1 s = 2.997: W = 2. 50 frames, 4 × 1 clips: M = 47.
+  draws, m = 3000, 47
+  starts = _rho_starts(draws, [14, 15], 50, num_clips=4, num_frames=4, stride=1,
+                       temporal_sampling="uniform", max_span_seconds=0.1,
+                       fps=tf.constant(29.97, tf.float32))
+  spread = starts.max(axis=1) - starts.min(axis=1)
+  assert spread.max() == 2 and starts.min() == 0 and starts.max() == m - 1
+  marginal = _window_probabilities(m, 3, 1)
+  for clip in range(4):  # every clip has the same (trapezoid) marginal
+    _, p_value = scipy.stats.chisquare(np.bincount(starts[:, clip], minlength=m), marginal * draws)
+    assert p_value > 1e-3
+  np.testing.assert_equal(video_ops.seconds_to_frames(0.29, 100.0).numpy(), 29)  # not 28
+  np.testing.assert_equal(video_ops.seconds_to_frames(2.0, tf.constant(29.97)).numpy(), 59)
+  np.testing.assert_equal(video_ops.seconds_to_frames(0.0, 30.0).numpy(), 0)
+
+
+def test_uniform_zero_span_is_one_start_and_none_is_the_whole_video():
+  draws, m = 3000, 6  # 12 frames, 4 × 2 clips: 6 valid starts
+  same = _rho_starts(draws, [16, 17], 12, num_clips=3, num_frames=4, stride=2,
+                     temporal_sampling="uniform", max_span_seconds=0.0, fps=tf.constant(25.0))
+  assert (same == same[:, :1]).all()
+  _, p_value = scipy.stats.chisquare(np.bincount(same[:, 0], minlength=m))
+  assert p_value > 1e-3  # the one start is uniform over the video
+  # None needs no frame rate: ρ independent starts, uniform over every valid start.
+  free = _rho_starts(draws, [18, 19], 12, num_clips=2, num_frames=4, stride=2,
+                     temporal_sampling="uniform")
+  counts = np.zeros([m, m])
+  np.add.at(counts, tuple(free.T), 1)
+  _, p_value = scipy.stats.chisquare(counts.ravel())
+  assert p_value > 1e-3
+  np.testing.assert_allclose(_window_probabilities(m, m, 2), np.full([m, m], 1 / m**2))
+  # temporal_augmentation=False is a zero span.
+  fixed = _rho_starts(50, [20, 21], 12, num_clips=3, num_frames=4, stride=2,
+                      temporal_sampling="uniform", temporal_augmentation=False)
+  assert (fixed == fixed[:, :1]).all()
+
+
+def test_uniform_short_video_loops():
+  # 8 frames at stride 2 span 15 > 10 stored frames: starts anywhere in the 10, within W = 2.
+  starts = _rho_starts(300, [22, 23], 10, num_clips=3, num_frames=8, stride=2,
+                       temporal_sampling="uniform", max_span_seconds=0.1, fps=tf.constant(20.0))
+  assert starts.min() == 0 and starts.max() == 9
+  assert (starts.max(axis=1) - starts.min(axis=1)).max() == 2
+  indices = video_ops.sample_rho_clip_indices(10, tf.constant(20.0), SEED, 3, 8, 2, "uniform",
+                                              max_span_seconds=0.1).numpy()
+  assert all(_progression(row, 2, 10) and row.max() < 10 for row in indices)
+
+
+def test_rho_sampling_errors_name_the_bad_value():
+  with pytest.raises(ValueError, match="num_clips.*>= 2, got 1"):
+    video_ops.sample_rho_clip_indices(50, None, SEED, num_clips=1)
+  with pytest.raises(ValueError, match="temporal_sampling must be one of.*'gaussian'"):
+    video_ops.sample_rho_clip_indices(50, None, SEED, temporal_sampling="gaussian")
+  with pytest.raises(ValueError, match="needs the video's fps"):
+    video_ops.sample_rho_clip_indices(50, None, SEED, temporal_sampling="uniform",
+                                      max_span_seconds=1.0)
+  with pytest.raises(ValueError, match="max_span_seconds must be >= 0.*-1"):
+    video_ops.seconds_to_frames(-1.0, 25.0)
+
+
+def test_recipe_view_alternates_odd_and_even_clips():
+  assert [video_ops.recipe_view(k) for k in range(1, 6)] == [1, 2, 1, 2, 1]
+  config = AugmentationConfig()
+  assert [config.blur_probability(video_ops.recipe_view(k)) for k in (1, 2, 3, 4)] == \
+      [1.0, 0.1, 1.0, 0.1]
+  with pytest.raises(ValueError, match="clip must be an int >= 1.*got 0"):
+    video_ops.recipe_view(0)
+
+
 def test_single_clip_indices():
   for i in range(20):
     indices = video_ops.sample_clip_indices(40, _seed(i), num_frames=8, stride=3).numpy()
@@ -293,6 +490,10 @@ def test_augment_clips_compiles_with_xla():
 
 OPS = {
     "clip_pair": lambda v, s: tf.stack(video_ops.sample_clip_pair(v, s, 2, 2)),
+    "rho_clips": lambda v, s: tf.gather(
+        v, video_ops.sample_rho_clip_indices(tf.shape(v)[0], None, s, 3, 2, 1)),
+    "rho_clips_uniform": lambda v, s: tf.gather(v, video_ops.sample_rho_clip_indices(
+        tf.shape(v)[0], tf.constant(10.0), s, 3, 2, 1, "uniform", max_span_seconds=0.1)),
     "crop": lambda v, s: video_ops.random_resized_crop(v, s, 10),
     "crop_per_frame": lambda v, s: video_ops.random_resized_crop(v, s, 10,
                                                                  temporally_consistent=False),

@@ -1,0 +1,134 @@
+"""What every pretraining objective is to the training step, and the state it may keep.
+
+pretrain.Trainer calls an Objective at four points:
+
+  build()                 in the strategy scope: creates the objective's own networks and state
+                          (momentum encoder, queue, prototypes); returns what the checkpoint holds
+  initialize()            a new run, once the online backbone is initialised (e.g. target ← online)
+  loss(clips, step)       in the replica context, under the gradient tape -> StepOutputs
+  after_update(state, step)
+                          in the replica context, after the optimizer step (EMA, queue, ...)
+
+The online network (backbone + projection head) is the Trainer's; an objective's own trained
+layers (a predictor, prototypes) are listed by `trained_layers` and optimised with it.
+"""
+
+import abc
+from typing import Callable, NamedTuple, Sequence, Tuple
+
+import keras
+import tensorflow as tf
+
+from cvrl_tf import config as cfg
+from cvrl_tf import networks
+
+
+class StepOutputs(NamedTuple):
+  """What `Objective.loss` returns.
+
+  loss: scalar float32, this replica's share of the global-batch loss (cvrl_tf.losses' contract:
+    summed over replicas it is the global loss; differentiate it as it is).
+  metrics: scalar float32 shares, one per `Objective.summary_names[1:]`.
+  state: what `after_update` needs (keys for the queue, ...); () when nothing.
+  """
+  loss: tf.Tensor
+  metrics: Tuple[tf.Tensor, ...]
+  state: tuple = ()
+
+
+class Objective(abc.ABC):
+  """One pretraining objective over the ρ clips of each video.
+
+  Args:
+    config: the experiment (objective, model, data.num_clips, train.temperature, ...).
+    model: the online network, built.
+
+  Attributes:
+    summary_names: TensorBoard tags of `loss` and then of each metric.
+  """
+
+  summary_names: Tuple[str, ...] = ()
+
+  def __init__(self, config: cfg.ExperimentConfig, model: networks.Model):
+    self.config = config
+    self.model = model
+    self.num_clips = config.data.num_clips
+
+  def build(self) -> dict:
+    """Creates the objective's variables (call in the strategy scope); returns the objects the
+    checkpoint must hold, by name (not "backbone", "head" or "optimizer")."""
+    return {}
+
+  def initialize(self) -> None:
+    """Readies the state of a new run once the online network is initialised (eagerly)."""
+
+  @property
+  def trained_layers(self) -> Sequence[keras.layers.Layer]:
+    """The objective's own layers the optimizer trains (predictor, prototypes)."""
+    return ()
+
+  @property
+  def trainable_variables(self) -> list:
+    return [v for layer in self.trained_layers for v in layer.trainable_variables]
+
+  def project(self, clips: tf.Tensor) -> tf.Tensor:
+    """The online network's projections of every clip, by clip.
+
+    Args:
+      clips: [ρ·B, T, S, S, 3], clip k of video b at row k·B + b (the views concatenated).
+
+    Returns:
+      [ρ, B, D] float32.
+    """
+    pooled = self.model.backbone(clips, training=True)["pooled"]       # [ρB, C]
+    return by_clip(self.model.head(pooled, training=True), self.num_clips)
+
+  @abc.abstractmethod
+  def loss(self, clips: tf.Tensor, step: tf.Tensor) -> StepOutputs:
+    """The step's loss on this replica's clips [ρ·B, T, S, S, 3] (see `project`).
+
+    Args:
+      step: int64 scalar, the optimizer's step count before this step (0 first).
+    """
+
+  def gradients(self, gradients: list, variables: list, step: tf.Tensor) -> list:
+    """The gradients the optimizer applies (SwAV freezes its prototypes early)."""
+    del variables, step
+    return gradients
+
+  def after_update(self, state: tuple, step: tf.Tensor) -> None:
+    """Updates the state after the optimizer step; `step` as in `loss`."""
+
+
+def by_clip(rows: tf.Tensor, num_clips: int) -> tf.Tensor:
+  """[ρ·B, D] (clip-major rows) -> [ρ, B, D]."""
+  return tf.reshape(rows, tf.concat([[num_clips, -1], tf.shape(rows)[1:]], axis=0))
+
+
+def _variable(variable):
+  """The tf.Variable (a DistributedVariable under a strategy) behind a Keras variable."""
+  return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def assign_each(variables: Sequence, new_value: Callable, *args) -> None:
+  """variables[i] ← new_value(i, variables[i], *args) on every replica's copy, in place.
+
+  Call in a replica context (inside `strategy.run`, or outside any strategy) with `args` that
+  are the same on every replica (values computed alike on each, variables mirrored alike): each
+  device then updates its own copy from its own inputs, with no communication — where an assign
+  in the replica context would all-reduce, or fail for variables without an aggregation. This is
+  how Keras's optimizers update variables under tf.distribute (merge_call + extended.update), and
+  it works under the default, Mirrored, MultiWorkerMirrored and TPU strategies.
+
+  Args:
+    variables: Keras or TF variables.
+    new_value: (index, variable's local copy, *local args) -> its new value.
+    *args: tensors, variables or nests of them; inside `new_value` each is this device's copy.
+  """
+  def merged(strategy, *merged_args):
+    for i, variable in enumerate(variables):
+      strategy.extended.update(
+          _variable(variable), lambda local, *local_args, i=i: local.assign(
+              new_value(i, local, *local_args)), args=merged_args, group=False)
+
+  tf.distribute.get_replica_context().merge_call(merged, args=args)
