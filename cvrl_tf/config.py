@@ -65,7 +65,8 @@ class ObjectiveConfig:
       predictor regresses the momentum encoder's projections, no negatives) or swav (ρSwAV: each
       clip predicts the Sinkhorn codes of the others over learned prototypes).
     momentum: moco, byol: m0 of the momentum encoder's EMA, annealed by cosine to 1 at the end of
-      train.epochs (the study: 0.994 MoCo, 0.996 BYOL).
+      train.epochs (the study: 0.994 MoCo, the default, and 0.996 BYOL: set it for BYOL, as
+      rho_byol_k400 does).
     queue_size: moco: keys kept as negatives (the study: 65,536); at least ρ × global batch.
     predictor_hidden_sizes: byol: hidden widths of the predictor MLP on the projection (its output
       has model.head_output_size).

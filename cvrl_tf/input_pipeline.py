@@ -464,7 +464,9 @@ def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: Pretra
   # seeds[0] for the clip starts, seeds[k] for view k (ρ = 2: the pair path's split in three).
   seeds = video_ops.split_seed(seed, config.num_clips + 1)
   fps = None
-  if config.temporal_sampling == "uniform" and config.max_span_seconds is not None:
+  # Only a span in seconds needs the rate (without temporal augmentation the span is 0).
+  if (config.temporal_sampling == "uniform" and config.max_span_seconds is not None
+      and config.temporal_augmentation):
     fps = read_fps(serialized, video["video_id"])
   indices = video_ops.sample_rho_clip_indices(  # [ρ, T]
       tf.shape(frames)[0], fps, seeds[0], config.num_clips, config.num_frames, config.stride,

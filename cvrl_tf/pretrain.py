@@ -78,7 +78,7 @@ def replicated_rows(data: input_pipeline.PretrainDataConfig, context: tf.distrib
     skip_steps: global batches to pass over (a run resumed inside a data segment).
 
   Returns:
-    Dataset of {"view_1", "view_2"}: [B, T, S, S, 3], the host's replicas' batches in turn.
+    Dataset of {"view_1", ..., "view_ρ"}: [B, T, S, S, 3], the host's replicas' batches in turn.
   """
   per_replica = data.reader.per_replica_batch_size
   global_batch = input_pipeline.global_batch_size(per_replica, context)
@@ -131,7 +131,8 @@ class Trainer(loop.TrainLoop):
     """One optimisation step on this replica's batch; returns global-batch shares."""
     features = self._augment(features)
     clips = tf.concat([features[name] for name in self.config.data.view_names], axis=0)  # [ρB, T, S, S, 3]: clip k of video b at row k·B + b
-    step = tf.convert_to_tensor(self.optimizer.iterations)  # before this step's update: k
+    # k, the steps before this one: read before apply_gradients increments it.
+    step = tf.convert_to_tensor(self.optimizer.iterations)
     with tf.GradientTape() as tape:
       out = self.objective.loss(clips, step)
       regularization = tf.constant(0.0)

@@ -36,6 +36,28 @@ two differ only in the relative weight of the 1e-6 weight decay (ρ× here): neg
 paper's values are kept. Plain SGD (MoCo) is linear in the gradient: the code's update
 lr·(ρ·g + wd·w) is exactly ours with lr' = ρ·lr and wd' = wd/ρ. So MoCo takes the paper's
 η = 0.4 @ 512 as η' = 0.4·ρ and wd' = 1e-4/ρ: the paper's update, in our convention.
+
+Departures shared by the four methods (each experiment lists its own):
+- BN: synchronised over the whole global batch, and the ρ clip sets go through the network
+  concatenated, so one BN sees all ρ × 512 clips; the code normalises each clip set on its own,
+  over 8 clips per GPU (MoCo, with shuffle-BN in the key encoder) or 64 per machine (SyncBN).
+- The ρ losses are averaged over ordered pairs, not summed over query clips as the code's
+  SEQUENTIAL mode does (1/ρ of its gradient; see _rho_ssl.py for what that changes).
+- Schedule: linear warm-up from 0 to the peak over 35 epochs, then a cosine over the remaining 165
+  (the code warms up from 0.008 to the value of an unshifted 200-epoch cosine at epoch 35, 0.93 ×
+  the peak; the paper mentions no warm-up). No Nesterov (the code's default is Nesterov SGD).
+- LARS (where used): trust ratio 0.001·‖w‖/‖g + wd·w‖ (SimCLR's); the code's is
+  0.001·‖w‖/(‖g‖ + wd·‖w‖ + 1e-8). Both exclude BN and biases from adaptation and decay.
+- Frames: exactly 8 stored frames apart on records built with --fps=30 (56 frames, 1.9 s); the
+  code spreads 8 frames over a 64-frame window at 30 fps (9 apart). Clip order is not permuted
+  (the code shuffles it; our losses are symmetric in the clips).
+- Augmentation "aug+": crop first, then colour, grey and blur on the 224² clip (the code jitters
+  and blurs the decoded frames before cropping, so its σ is in frame pixels, 0.9–1.7× ours after
+  the resize); contrast about the per-channel clip mean (torchvision: one grey mean), saturation
+  by HSV scaling (torchvision: a blend with grey); crop aspect uniform in [3/4, 4/3] (the code:
+  log-uniform), whole frame after 100 failed draws (the code: a centre crop after 10).
+- float32 throughout (the code trains MoCo in mixed precision); our K400 build's 215,570 videos
+  (the paper's copy had about 240k).
 """
 
 import dataclasses

@@ -201,6 +201,30 @@ def test_resume_after_sigkill_ends_with_the_same_state(objective, experiment, si
   assert all(any(name.startswith(prefix) for name in got) for prefix in held), sorted(got)
   for name in expected:
     np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+  if objective != "simclr":
+    _assert_online_network_loads(killed, objective)
+
+
+def _assert_online_network_loads(workdir, objective):
+  """Export (and --init_checkpoint, the same strict backbone loader) read the online backbone and
+  head of any objective's run, not its momentum copy or other state."""
+  from cvrl_tf import config as cfg
+  from cvrl_tf import export
+  config = cfg.read_workdir_config(workdir)
+  prefix = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  modules = export.build_modules(config)
+  export.restore_modules(modules, prefix)
+  # The same objects read through the checkpoint's object graph.
+  online, momentum = export.build_modules(config), export.build_modules(config)
+  tf.train.Checkpoint(backbone=online["backbone"], head=online["head"]).read(
+      prefix).expect_partial()
+  loaded = modules["backbone"].weights + modules["head"].weights
+  for got, expected in zip(loaded, online["backbone"].weights + online["head"].weights):
+    np.testing.assert_array_equal(got.numpy(), expected.numpy(), err_msg=got.path)
+  if objective == "moco":
+    tf.train.Checkpoint(momentum_backbone=momentum["backbone"]).read(prefix).expect_partial()
+    assert any(not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(modules["backbone"].weights, momentum["backbone"].weights))
 
 
 def test_loss_falls_on_a_learnable_task(experiment, tmp_path):

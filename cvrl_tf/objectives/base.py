@@ -117,8 +117,9 @@ def assign_each(variables: Sequence, new_value: Callable, *args) -> None:
   are the same on every replica (values computed alike on each, variables mirrored alike): each
   device then updates its own copy from its own inputs, with no communication — where an assign
   in the replica context would all-reduce, or fail for variables without an aggregation. This is
-  how Keras's optimizers update variables under tf.distribute (merge_call + extended.update), and
-  it works under the default, Mirrored, MultiWorkerMirrored and TPU strategies.
+  how Keras's optimizers update variables under tf.distribute (merge_call + extended.update);
+  tested under the default, Mirrored and MultiWorkerMirrored strategies, and the pattern Keras's
+  optimizers run on TPUs.
 
   Args:
     variables: Keras or TF variables.

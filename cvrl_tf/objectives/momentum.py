@@ -16,6 +16,7 @@ export it as it is).
 """
 
 import dataclasses
+import itertools
 import math
 
 import tensorflow as tf
@@ -72,10 +73,13 @@ class MomentumEncoder:
     """[(target variable, online variable)]: every variable, BN moving statistics included."""
     targets = self.model.backbone.weights + self.model.head.weights
     sources = self.online.backbone.weights + self.online.head.weights
-    if len(targets) != len(sources) or any(
-        t.shape != s.shape for t, s in zip(targets, sources)):
-      raise ValueError("the momentum network does not mirror the online network variable by "
-                       "variable")
+    for target, source in itertools.zip_longest(targets, sources):
+      # Paths below the model's own (uniquified) name, e.g. "res2_block1/norm1/gamma".
+      if (target is None or source is None or target.shape != source.shape
+          or target.path.split("/", 1)[-1] != source.path.split("/", 1)[-1]):
+        raise ValueError(
+            f"the momentum network does not mirror the online network variable by variable: "
+            f"{target and target.path} against {source and source.path}")
     return list(zip(targets, sources))
 
   def checkpoint_objects(self) -> dict:

@@ -58,8 +58,8 @@ class SwAV(base.Objective):
 
   def gradients(self, gradients, variables, step):
     frozen = {id(v) for v in self.prototypes.trainable_variables}
-    trains = tf.cast(step >= self.freeze_steps, tf.float32)
-    return [g * tf.cast(trains, g.dtype) if id(v) in frozen else g
+    trains = step >= self.freeze_steps
+    return [tf.where(trains, g, tf.zeros_like(g)) if id(v) in frozen else g
             for g, v in zip(gradients, variables)]
 
   def after_update(self, state, step) -> None:
