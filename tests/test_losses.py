@@ -226,15 +226,20 @@ _COMMON = textwrap.dedent("""
       }
 """)
 
-_TWO_DEVICES = textwrap.dedent("""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-""") + _COMMON + textwrap.dedent("""
-    result = {"one": run(tf.distribute.get_strategy()),
-              "two": run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))}
-    print("RESULT" + json.dumps(result))
-""")
+def _two_devices(common: str) -> str:
+  """A script that runs `common`'s `run(strategy)` on one replica and on two logical CPUs."""
+  return textwrap.dedent("""
+      import tensorflow as tf
+      cpu = tf.config.list_physical_devices("CPU")[0]
+      tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+  """) + common + textwrap.dedent("""
+      result = {"one": run(tf.distribute.get_strategy()),
+                "two": run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))}
+      print("RESULT" + json.dumps(result))
+  """)
+
+
+_TWO_DEVICES = _two_devices(_COMMON)
 
 
 def _env(**extra):
@@ -719,15 +724,7 @@ _RHO_COMMON = textwrap.dedent("""
       return result
 """)
 
-_RHO_TWO_DEVICES = textwrap.dedent("""
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-""") + _RHO_COMMON + textwrap.dedent("""
-    result = {"one": run(tf.distribute.get_strategy()),
-              "two": run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))}
-    print("RESULT" + json.dumps(result))
-""")
+_RHO_TWO_DEVICES = _two_devices(_RHO_COMMON)
 
 
 def test_rho_losses_two_replicas_give_the_values_of_one():
