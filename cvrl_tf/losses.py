@@ -8,6 +8,8 @@ replica, and the L2 penalty.
   sinkhorn              [B, K] prototype scores -> [B, K] SwAV codes over the global batch
   swav_loss             [ρ, B, K] prototype scores -> scalar share
   gather_from_replicas  [B, ...] on each replica -> [R·B, ...], the same on every replica
+  embedding_spread      [M, D] -> scalar share: how far the embeddings are from collapse (a
+                        metric, not a loss)
   weight_decay_loss     variables -> wd/2 · Σ w², the reference release's L2 term (SGD recipe)
 
 Arrays are this replica's rows: B videos here, N = R·B in the global batch; ρ clips per video.
@@ -440,6 +442,39 @@ def swav_loss(scores: tf.Tensor, temperature: float = 0.1, epsilon: float = 0.05
   cross_entropy = -tf.einsum("ibk,jbk->ijb", codes, log_prob)  # [ρ, ρ, B] codes i, prediction j
   norm = tf.cast(tf.shape(scores)[1] * num_replicas * rho * (rho - 1), tf.float32)
   return tf.reduce_sum(_other_clip_mask(rho) * cross_entropy) / norm
+
+
+def embedding_spread(embeddings: tf.Tensor) -> tf.Tensor:
+  """How far a global batch of embeddings is from collapse: √D · mean_d std_n(z_nd).
+
+  z are the L2-normalised rows of every replica, n runs over the global batch and d over the D
+  dimensions. A coordinate of a unit vector spread evenly over the sphere has variance 1/D, so
+  the value is about 1 for embeddings that use every direction, falls as they crowd into a few
+  directions, and is 0 when every clip maps to one vector. It is SimSiam's collapse monitor (the
+  std of the normalised output) times √D, comparable across output sizes. Collapse is how
+  MoCo, BYOL and SwAV fail without a loss that shows it (benchmarks/RESULTS.md, the ρ-SSL demo
+  runs): a collapsed SwAV sits at loss log K, a collapsed MoCo at a contrast accuracy that can
+  still be high.
+
+  One all-reduce of [2D + 1] sums (no gather); the variance is E[z²] − E[z]², clipped at 0.
+
+  Args:
+    embeddings: [M, D] this replica's rows, any float dtype; no gradient flows through.
+
+  Returns:
+    Scalar float32, this replica's share: summed over the replicas it is the global value.
+  """
+  if embeddings.shape.rank != 2:
+    raise ValueError(f"embeddings must be [M, D], got shape {embeddings.shape}")
+  context = _replica_context()
+  z = tf.math.l2_normalize(tf.stop_gradient(tf.cast(embeddings, tf.float32)), axis=-1)
+  count = tf.cast(tf.shape(z)[:1], tf.float32)                                    # [1]
+  sums = _sum_over_replicas(context, tf.concat(
+      [tf.reduce_sum(z, axis=0), tf.reduce_sum(tf.square(z), axis=0), count], axis=0))
+  dim = z.shape[-1]
+  mean, mean_square = sums[:dim] / sums[-1], sums[dim:2 * dim] / sums[-1]         # [D], [D]
+  std = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))
+  return tf.reduce_mean(std) * (dim ** 0.5) / context.num_replicas_in_sync
 
 
 def weight_decay_loss(variables: Sequence[tf.Variable], weight_decay: float) -> tf.Tensor:

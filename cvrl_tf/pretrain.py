@@ -164,9 +164,12 @@ class Trainer(loop.TrainLoop):
   # ---- the log
 
   def progress_line(self, step, total, values, clips_per_s, eta) -> str:
-    accuracy = (f"acc {values[2]:.3f}  " if "contrast/accuracy" in self.summary_names
+    named = dict(zip(self.summary_names, values))
+    accuracy = (f"acc {named['contrast/accuracy']:.3f}  " if "contrast/accuracy" in named
                 else "")
-    return (f"step {step}/{total}  loss {values[0] + values[1]:.4f}  {accuracy}"
+    # Near 0: the embeddings are collapsing (losses.embedding_spread).
+    spread = (f"spread {named[objectives.SPREAD]:.2f}  " if objectives.SPREAD in named else "")
+    return (f"step {step}/{total}  loss {values[0] + values[1]:.4f}  {accuracy}{spread}"
             f"lr {float(self.schedule(step - 1)):.4g}  "
             f"{clips_per_s:.1f} clips/s  ETA {loop.duration(eta)}")
 
@@ -177,4 +180,6 @@ class Trainer(loop.TrainLoop):
       if "contrast/accuracy" in last:
         last["contrast_accuracy"] = last["contrast/accuracy"]
         last["contrast_entropy"] = last["contrast/entropy"]
+      if objectives.SPREAD in last:
+        last["embedding_spread"] = last[objectives.SPREAD]
     return last

@@ -629,6 +629,35 @@ def test_rho_losses_compute_in_float32():
       np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+def numpy_spread(embeddings):
+  """√D · mean over dimensions of the (population) std over rows of the unit rows, float64."""
+  z = _unit(np.float64(embeddings))
+  return np.sqrt(z.shape[1]) * z.std(axis=0).mean()
+
+
+def test_embedding_spread_matches_numpy_reference():
+  rng = np.random.default_rng(5)
+  x = (rng.normal(size=(1, 6)) + 0.5 * rng.normal(size=(40, 6))).astype(np.float32)
+  np.testing.assert_allclose(float(losses.embedding_spread(tf.constant(x))), numpy_spread(x),
+                             rtol=1e-5)
+
+
+def test_embedding_spread_hand_computed_and_limits():
+  # Rows (3, 0) and (0, 2): unit (1, 0), (0, 1); each coordinate has mean 0.5 and std 0.5,
+  # so √2 · 0.5.
+  hand = losses.embedding_spread(tf.constant([[3.0, 0.0], [0.0, 2.0]]))
+  np.testing.assert_allclose(float(hand), np.sqrt(2) / 2, rtol=1e-6)
+  # Every clip on one direction (any lengths): collapsed, 0.
+  collapsed = np.outer([1.0, 2.0, 0.5, 7.0], [0.3, -0.2, 0.9]).astype(np.float32)
+  assert float(losses.embedding_spread(tf.constant(collapsed))) < 1e-3
+  # Directions uniform on the sphere: each coordinate's variance is 1/D, so about 1 (20,000
+  # draws in D = 16: the estimate's sampling error is well under 0.01).
+  sphere = np.random.default_rng(0).normal(size=(20000, 16)).astype(np.float32)
+  np.testing.assert_allclose(float(losses.embedding_spread(tf.constant(sphere))), 1.0, atol=0.01)
+  with pytest.raises(ValueError, match=r"embeddings must be \[M, D\]"):
+    losses.embedding_spread(tf.ones([2, 3, 4]))
+
+
 def test_rho_losses_reject_bad_arguments():
   clips, queue = tf.ones([2, 3, 4]), tf.ones([5, 4])
   bad = [
@@ -699,7 +728,8 @@ _RHO_COMMON = textwrap.dedent("""
           # What the optimizer does with variable gradients: sum them over replicas.
           variables = [kernel_grad if prototype_grad is None else prototype_grad]
           grads[name] = context.all_reduce(tf.distribute.ReduceOp.SUM, variables) + [proj_grad]
-        return out, grads, losses.sinkhorn(scores[1], 0.05, 3)
+        spread = losses.embedding_spread(tf.reshape(proj, [-1, proj.shape[-1]]))
+        return out, grads, losses.sinkhorn(scores[1], 0.05, 3), spread
 
       def split(context):
         batch = GLOBAL // context.num_replicas_in_sync
@@ -708,12 +738,12 @@ _RHO_COMMON = textwrap.dedent("""
         return tf.constant(FEATURES[:, rows]), tf.constant(TARGETS[:, rows])
 
       inputs = strategy.experimental_distribute_values_from_function(split)
-      out, grads, codes = strategy.run(tf.function(step), args=inputs)
+      out, grads, codes, spread = strategy.run(tf.function(step), args=inputs)
       # One reduce per value: MultiWorkerMirroredStrategy.reduce does not take a structure.
       total = lambda t: float(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None))
       local = lambda t: [x.numpy() for x in strategy.experimental_local_results(t)]
       result = {"replicas": strategy.num_replicas_in_sync,
-                "codes": np.concatenate(local(codes)).tolist()}
+                "codes": np.concatenate(local(codes)).tolist(), "spread": total(spread)}
       for name, value in out.items():
         values = value if name in ("rho_nt_xent", "moco_loss") else [value]
         result[name] = {
@@ -736,6 +766,7 @@ def test_rho_losses_two_replicas_give_the_values_of_one():
   one, two = result["one"], result["two"]
   assert (one["replicas"], two["replicas"]) == (1, 2)
   np.testing.assert_allclose(two["codes"], one["codes"], rtol=1e-5, atol=1e-6, err_msg="codes")
+  np.testing.assert_allclose(two["spread"], one["spread"], rtol=1e-5, err_msg="spread")
   for name in ("rho_nt_xent", "moco_loss", "byol_loss", "swav_loss"):
     for key in ("values", "variable_grad", "input_grad"):
       np.testing.assert_allclose(two[name][key], one[name][key], rtol=1e-5, atol=1e-6,
@@ -757,6 +788,8 @@ def test_rho_losses_two_replicas_give_the_values_of_one():
   np.testing.assert_allclose(one["moco_loss"]["values"],
                              numpy_moco(proj, keys, common["QUEUE"], 0.2), rtol=1e-5)
   np.testing.assert_allclose(one["byol_loss"]["values"], [numpy_byol(proj, keys)], rtol=1e-5)
+  np.testing.assert_allclose(one["spread"], numpy_spread(proj.reshape(-1, proj.shape[-1])),
+                             rtol=1e-5)
   np.testing.assert_allclose(one["swav_loss"]["values"], [numpy_swav(scores, 0.1, 0.05, 3)],
                              rtol=1e-4)
   np.testing.assert_allclose(one["codes"], numpy_sinkhorn(scores[1], 0.05, 3), rtol=1e-4,

@@ -17,6 +17,7 @@ from cvrl_tf.objectives import moco
 from cvrl_tf.objectives import simclr
 from cvrl_tf.objectives import swav
 
+SPREAD = base.SPREAD  # the embedding/spread tag every objective logs
 OBJECTIVES = {"simclr": simclr.SimCLR, "moco": moco.MoCo, "byol": byol.BYOL, "swav": swav.SwAV}
 
 

@@ -20,7 +20,13 @@ import keras
 import tensorflow as tf
 
 from cvrl_tf import config as cfg
+from cvrl_tf import losses
 from cvrl_tf import networks
+
+
+# Every objective reports `spread` of its online projections as its last metric, under this tag:
+# the collapse its loss may not show.
+SPREAD = "embedding/spread"
 
 
 class StepOutputs(NamedTuple):
@@ -98,6 +104,11 @@ class Objective(abc.ABC):
 
   def after_update(self, state: tuple, step: tf.Tensor) -> None:
     """Updates the state after the optimizer step; `step` as in `loss`."""
+
+
+def spread(projections: tf.Tensor) -> tf.Tensor:
+  """losses.embedding_spread of [ρ, B, D] projections, all ρ·B rows of this replica."""
+  return losses.embedding_spread(tf.reshape(projections, [-1, projections.shape[-1]]))
 
 
 def by_clip(rows: tf.Tensor, num_clips: int) -> tf.Tensor:

@@ -17,7 +17,7 @@ class BYOL(base.Objective):
   """losses.byol_loss of predictor(online projection) against the momentum projections."""
 
   # byol/cosine: the mean cosine of the prediction-target pairs, 1 − loss / 2.
-  summary_names = ("loss/byol", "byol/cosine")
+  summary_names = ("loss/byol", "byol/cosine", base.SPREAD)
 
   def build(self) -> dict:
     model, objective = self.config.model, self.config.objective
@@ -44,7 +44,7 @@ class BYOL(base.Objective):
     predictions = base.by_clip(self.predictor(flat, training=True), self.num_clips)
     loss = losses.byol_loss(predictions, self.encoder(clips, self.num_clips))
     replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-    return base.StepOutputs(loss, (1.0 / replicas - loss / 2.0,))
+    return base.StepOutputs(loss, (1.0 / replicas - loss / 2.0, base.spread(projections)))
 
   def after_update(self, state, step) -> None:
     self.encoder.update(step)

@@ -53,7 +53,7 @@ def gather_keys(keys: tf.Tensor) -> tf.Tensor:
 class MoCo(base.Objective):
   """losses.moco_loss of the online queries against the momentum keys and the queue."""
 
-  summary_names = ("loss/moco", "contrast/accuracy", "contrast/entropy")
+  summary_names = ("loss/moco", "contrast/accuracy", "contrast/entropy", base.SPREAD)
 
   def build(self) -> dict:
     objective, train = self.config.objective, self.config.train
@@ -77,7 +77,8 @@ class MoCo(base.Objective):
     queries = self.project(clips)                                  # [ρ, B, D]
     keys = self.encoder(clips, self.num_clips)                     # [ρ, B, D]
     out = losses.moco_loss(queries, keys, self.queue, self.config.train.temperature)
-    return base.StepOutputs(out.loss, (out.contrast_accuracy, out.contrast_entropy),
+    return base.StepOutputs(out.loss, (out.contrast_accuracy, out.contrast_entropy,
+                                       base.spread(queries)),
                             (gather_keys(tf.math.l2_normalize(keys, axis=-1)),))
 
   def after_update(self, state, step) -> None:

@@ -11,9 +11,12 @@ from cvrl_tf.objectives import base
 class SimCLR(base.Objective):
   """losses.rho_nt_xent on the online projections, at train.temperature."""
 
-  summary_names = ("loss/contrastive", "contrast/accuracy", "contrast/entropy")
+  summary_names = ("loss/contrastive", "contrast/accuracy", "contrast/entropy",
+                   base.SPREAD)
 
   def loss(self, clips, step) -> base.StepOutputs:
     del step
-    out = losses.rho_nt_xent(self.project(clips), self.config.train.temperature)
-    return base.StepOutputs(out.loss, (out.contrast_accuracy, out.contrast_entropy))
+    projections = self.project(clips)                                    # [ρ, B, D]
+    out = losses.rho_nt_xent(projections, self.config.train.temperature)
+    return base.StepOutputs(out.loss, (out.contrast_accuracy, out.contrast_entropy,
+                                       base.spread(projections)))

@@ -27,7 +27,7 @@ def normalize_prototypes(kernel: tf.Tensor) -> tf.Tensor:
 class SwAV(base.Objective):
   """losses.swav_loss of the online projections' prototype scores."""
 
-  summary_names = ("loss/swav",)
+  summary_names = ("loss/swav", base.SPREAD)
 
   def build(self) -> dict:
     objective = self.config.objective
@@ -54,7 +54,7 @@ class SwAV(base.Objective):
     scores = base.by_clip(self.prototypes(flat), self.num_clips)               # [ρ, B, K]
     loss = losses.swav_loss(scores, self.config.train.temperature, objective.sinkhorn_epsilon,
                             objective.sinkhorn_iterations)
-    return base.StepOutputs(loss, ())
+    return base.StepOutputs(loss, (base.spread(projections),))
 
   def gradients(self, gradients, variables, step):
     frozen = {id(v) for v in self.prototypes.trainable_variables}
