@@ -13,6 +13,10 @@ initialised backbone once as the baseline, all through the train entry point. si
 losses are summed over the clips in SlowFast, averaged in ours: see experiments/_rho_ssl.py), so
 its ρ = 4 run doubles the learning rate and halves the weight decay, as rho_moco_k400_rho4 does.
 
+The table's spread column is each run's `embedding/spread` (losses.embedding_spread: about 1 for
+embeddings that use every direction, 0 when every clip maps to one vector) at its first and last
+logged step, read from the run's TensorBoard summaries; "—" for runs made before the metric.
+
 Runs whose workdir already holds a finished result are not repeated. Prints a table; the last
 line is `lowest margin over random init: <points> (<run>)`.
 """
@@ -23,6 +27,8 @@ import os
 import sys
 
 import demo_ablation
+from cvrl_tf import demo_report
+from cvrl_tf import objectives
 
 OBJECTIVES = ("simclr", "moco", "byol", "swav")
 CLIPS = (2, 4)
@@ -71,6 +77,15 @@ def finished(out: str, steps) -> dict:
   return result
 
 
+def spread(out: str) -> str:
+  """'first → last' logged embedding/spread of a run's pretraining, or '—' if not logged."""
+  scalars = demo_report.read_scalars(os.path.join(out, "pretrain", "summaries", "train"))
+  if objectives.SPREAD not in scalars:
+    return "—"
+  values = scalars[objectives.SPREAD][1]
+  return f"{values[0]:.2f} → {values[-1]:.2f}"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="One sub-folder per run goes here.")
@@ -89,11 +104,11 @@ def main():
   baseline = finished(random_out, [("eval_s", linear_args(random_out, None, patterns),
                                     "linear_eval.log")])
   print(f"random init: top-1 {100 * baseline['top1']:.1f}", flush=True)
-  rows = {}
+  rows, outs = {}, {}
   for name in args.runs.split(","):
     if name not in run_names():
       raise SystemExit(f"unknown run {name!r}; choose from {', '.join(run_names())}")
-    out = os.path.join(root, name.replace("/", "_rho"))
+    out = outs[name] = os.path.join(root, name.replace("/", "_rho"))
     rows[name] = finished(out, [
         ("pretrain_s", pretrain_args(name, out, patterns and patterns[0]), "pretrain.log"),
         ("eval_s", linear_args(out, f"{out}/pretrain/checkpoints", patterns),
@@ -101,14 +116,15 @@ def main():
     print(f"{name}: top-1 {100 * rows[name]['top1']:.1f}", flush=True)
 
   print()
-  print("| objective | ρ | linear top-1 (%) | random init (%) | margin (points) | pretrain (s) "
-        "| linear eval (s) |")
-  print("|---|---|---|---|---|---|---|")
+  print("| objective | ρ | linear top-1 (%) | random init (%) | margin (points) "
+        "| embedding spread | pretrain (s) | linear eval (s) |")
+  print("|---|---|---|---|---|---|---|---|")
   for name, row in rows.items():
     objective, clips = name.split("/")
     margin = 100 * (row["top1"] - baseline["top1"])
     print(f"| {objective} | {clips} | {100 * row['top1']:.1f} | {100 * baseline['top1']:.1f} "
-          f"| {margin:+.1f} | {row['pretrain_s']:.0f} | {row['eval_s']:.0f} |")
+          f"| {margin:+.1f} | {spread(outs[name])} | {row['pretrain_s']:.0f} "
+          f"| {row['eval_s']:.0f} |")
   worst = min(rows, key=lambda name: rows[name]["top1"])
   print(f"lowest margin over random init: {100 * (rows[worst]['top1'] - baseline['top1']):+.1f} "
         f"points ({worst})")
