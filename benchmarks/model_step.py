@@ -8,7 +8,7 @@ cross-entropy; SGD momentum 0.9. Modes:
 
   baseline   the same network written with plain keras.layers.Conv3D / MaxPooling3D (what a
              straightforward Keras 3 port runs): the comparison measured in the same run
-  fp32       cvrl_tf.resnet3d.ResNet3D: each FoldedConv3D runs what resnet3d.choose_implementation
+  fp32       cvrl_tf.resnet3d.ResNet3D: each FoldedConv3D runs what choose_implementation
              measured fastest for its shape and for this process's backend (oneDNN or Eigen:
              matmuls, conv2d folds, conv3d, conv3d with a patch-matmul kernel gradient)
   bf16       the same under the mixed_bfloat16 policy

@@ -65,12 +65,12 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
+from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
 from cvrl_tf import evaluate
 from cvrl_tf import heads
 from cvrl_tf import input_pipeline
 from cvrl_tf import networks
-from cvrl_tf import resnet3d
 from cvrl_tf import schema
 from cvrl_tf import storage
 
@@ -117,7 +117,7 @@ def _float32_policy():
 
 def find_checkpoint(path: str) -> str:
   """The checkpoint prefix of `path` (local, gs://, ...): a prefix (DIR/ckpt-N), or a directory
-  holding checkpoints (resnet3d.latest_checkpoint: the newest, also in a moved workdir).
+  holding checkpoints (backbone_checkpoint.latest_checkpoint: the newest, also in a moved workdir).
 
   Raises:
     FileNotFoundError naming `path` and what is accepted.
@@ -126,7 +126,7 @@ def find_checkpoint(path: str) -> str:
   if storage.exists(path + ".index"):
     return path
   if storage.isdir(path):
-    latest = resnet3d.latest_checkpoint(path)
+    latest = backbone_checkpoint.latest_checkpoint(path)
     if latest:
       return latest
     raise FileNotFoundError(
@@ -229,14 +229,14 @@ def restore_modules(modules: dict, prefix: str) -> None:
   over); the head or classifier through tf.train.Checkpoint, which must match all of its
   variables. The optimizer's slots in the checkpoint are not exported.
   """
-  resnet3d.restore_backbone_checkpoint(modules["backbone"], prefix)
+  backbone_checkpoint.restore_backbone_checkpoint(modules["backbone"], prefix)
   others = {name: layer for name, layer in modules.items() if name != "backbone"}
   try:
     status = tf.train.Checkpoint(**others).restore(prefix)
     status.expect_partial().assert_existing_objects_matched()
   except (AssertionError, ValueError) as error:
     names = " and ".join(others)
-    raise resnet3d.CheckpointMismatchError(
+    raise backbone_checkpoint.CheckpointMismatchError(
         f"{prefix!r} does not hold every variable of the {names} this config builds "
         f"({str(error)[:400]}); was it written by another experiment? A pretraining checkpoint "
         "holds backbone + head, a linear-eval or fine-tuning one backbone + classifier") from None
@@ -244,7 +244,7 @@ def restore_modules(modules: dict, prefix: str) -> None:
 
 def checkpoint_step(prefix: str) -> Optional[int]:
   """The optimizer step a training checkpoint was saved at (its ckpt-N name otherwise)."""
-  reader = resnet3d.checkpoint_reader(prefix)
+  reader = backbone_checkpoint.checkpoint_reader(prefix)
   key = "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"
   if reader.has_tensor(key):
     return int(reader.get_tensor(key))
@@ -569,8 +569,8 @@ def main(argv) -> int:
     export(config, prefix, flags_.export_dir, overwrite=flags_.overwrite,
            num_clips=flags_.num_clips, num_crops=flags_.num_crops, label_map=flags_.label_map,
            log=lambda line: print(line, flush=True))
-  except (ExportError, cfg.ConfigError, resnet3d.CheckpointMismatchError, FileNotFoundError,
-          ValueError) as error:
+  except (ExportError, cfg.ConfigError, backbone_checkpoint.CheckpointMismatchError,
+          FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 1
   return 0

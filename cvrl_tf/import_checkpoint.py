@@ -6,15 +6,16 @@
 The architecture is read off the checkpoint's shapes (depth, stem and stage filters, temporal
 kernels); architecture flags, when given, must agree with it or the import stops with the first
 mismatch. The stem's temporal stride does not show in the shapes: --stem_temporal_stride (2, the
-CVRL value) sets it. The output directory holds (see cvrl_tf.resnet3d.save_backbone_checkpoint)
+CVRL value) sets it. The output directory holds (see
+cvrl_tf.backbone_checkpoint.save_backbone_checkpoint)
 
   backbone.index, backbone.data-00000-of-00001   tf.train.Checkpoint(backbone=ResNet3D)
   backbone_config.json                           the ResNet3D config and the source checkpoint
 
-and is read back by `resnet3d.restore_backbone_checkpoint(model, DIR)` or
-`resnet3d.backbone_from_checkpoint(DIR)`. It is written to a temporary directory and renamed, and
-an existing checkpoint is replaced only with --overwrite. Both paths may be on any file system
-TensorFlow reads (local, gs://, ram://): --output_dir=gs://bucket/ckpt/r3d50_k600 writes there.
+and is read back by `backbone_checkpoint.restore_backbone_checkpoint(model, DIR)` or
+`backbone_checkpoint.backbone_from_checkpoint(DIR)`. It is written to a temporary directory and
+renamed, and an existing checkpoint is replaced only with --overwrite. Both paths may be on any
+file system TensorFlow reads (local, gs://, ram://): --output_dir=gs://bucket/ckpt/r3d50_k600 writes there.
 """
 
 import sys
@@ -87,14 +88,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported here so that `--help` answers without loading TensorFlow.
   import numpy as np
+  from cvrl_tf import backbone_checkpoint
   from cvrl_tf import resnet3d
 
   try:
-    found = resnet3d.model_garden_architecture(_CHECKPOINT.value)
+    found = backbone_checkpoint.model_garden_architecture(_CHECKPOINT.value)
     arguments = architecture_from_flags(found)
     backbone = resnet3d.ResNet3D(**arguments)
-    count = resnet3d.load_model_garden_checkpoint(backbone, _CHECKPOINT.value)
-    prefix = resnet3d.save_backbone_checkpoint(
+    count = backbone_checkpoint.load_model_garden_checkpoint(backbone, _CHECKPOINT.value)
+    prefix = backbone_checkpoint.save_backbone_checkpoint(
         backbone, _OUTPUT_DIR.value, overwrite=_OVERWRITE.value,
         source=f"reference-release checkpoint {_CHECKPOINT.value}")
   except (ValueError, FileNotFoundError, FileExistsError) as error:
@@ -102,7 +104,7 @@ def main(argv):
     # says what to change; a traceback would bury it.
     sys.exit(f"import_checkpoint: error: {error}")
   # Read back what was written: the import is only done when the output restores bit-exactly.
-  restored = resnet3d.backbone_from_checkpoint(_OUTPUT_DIR.value)
+  restored = backbone_checkpoint.backbone_from_checkpoint(_OUTPUT_DIR.value)
   for ours, theirs in zip(backbone.weights, restored.weights):
     if not np.array_equal(ours.numpy(), theirs.numpy()):
       raise RuntimeError(f"{prefix}: {theirs.path} differs after reading the checkpoint back")

@@ -19,7 +19,7 @@ from typing import Iterable, List, Optional
 import keras
 import tensorflow as tf
 
-# Layer attributes that hold a kernel (Dense, EinsumDense, Conv*, resnet3d.FoldedConv3D,
+# Layer attributes that hold a kernel (Dense, EinsumDense, Conv*, convolutions.FoldedConv3D,
 # SeparableConv*): the variables the reference release selects with `'kernel' in v.name`.
 KERNEL_ATTRIBUTES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 

@@ -32,8 +32,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
-from cvrl_tf import resnet3d
 from cvrl_tf import runtime
 from cvrl_tf import storage
 
@@ -162,7 +162,7 @@ class TrainLoop(abc.ABC):
       try:
         self.checkpoint.restore(latest).assert_existing_objects_matched()
       except (AssertionError, ValueError) as e:
-        raise resnet3d.CheckpointMismatchError(
+        raise backbone_checkpoint.CheckpointMismatchError(
             f"{latest} does not fit this run's model and optimizer ({str(e)[:300]}); was the "
             "workdir made with another config? Use a new --workdir (and --init_checkpoint to "
             "start from its backbone)") from None

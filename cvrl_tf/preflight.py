@@ -150,15 +150,15 @@ def check_label_map(config) -> str:
 def check_init_checkpoint(config, num_frames: int, crop_size: int) -> str:
   """Loads train.init_checkpoint into a throw-away backbone of the configured architecture."""
   # The model: imported only when there is a checkpoint to check.
+  from cvrl_tf import backbone_checkpoint
   from cvrl_tf import networks
   from cvrl_tf import pretrain
-  from cvrl_tf import resnet3d
 
   path = config.train.init_checkpoint
   backbone = networks.build_backbone(config.model, num_frames, crop_size)
   try:
     return pretrain.restore_initial_backbone(backbone, path)
-  except (resnet3d.CheckpointMismatchError, FileNotFoundError, ValueError,
+  except (backbone_checkpoint.CheckpointMismatchError, FileNotFoundError, ValueError,
           tf.errors.OpError) as e:
     message = getattr(e, "message", None) or str(e)
     raise PreflightError(f"train.init_checkpoint={path!r}: {message.strip()[:600]}") from None

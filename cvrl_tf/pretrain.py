@@ -12,6 +12,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from cvrl_tf import backbone_checkpoint
 from cvrl_tf import input_pipeline
 from cvrl_tf import lars
 from cvrl_tf import loop
@@ -53,14 +54,14 @@ def restore_initial_backbone(backbone: resnet3d.ResNet3D, path: str) -> str:
   training checkpoint (a prefix or its directory), or a reference-release backbone checkpoint.
   """
   try:
-    count = resnet3d.restore_backbone_checkpoint(backbone, path)
+    count = backbone_checkpoint.restore_backbone_checkpoint(backbone, path)
     return f"restored {count} backbone variables from {path}"
-  except resnet3d.CheckpointMismatchError as ours:
+  except backbone_checkpoint.CheckpointMismatchError as ours:
     try:
-      count = resnet3d.load_model_garden_checkpoint(backbone, path)
+      count = backbone_checkpoint.load_model_garden_checkpoint(backbone, path)
       return f"loaded {count} backbone variables from the reference checkpoint {path}"
-    except resnet3d.CheckpointMismatchError as reference:
-      raise resnet3d.CheckpointMismatchError(
+    except backbone_checkpoint.CheckpointMismatchError as reference:
+      raise backbone_checkpoint.CheckpointMismatchError(
           f"--init_checkpoint={path!r} matches this backbone neither as a cvrl_tf checkpoint "
           f"({ours}) nor as a reference-release checkpoint ({reference})") from None
 

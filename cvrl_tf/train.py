@@ -163,13 +163,13 @@ def run_experiment(config, workdir: str, strategy, log: Callable[[str], None],
   refused before anything ran (nothing written), 1 when the run failed, 143 when preempted.
   """
   import tensorflow as tf
+  from cvrl_tf import backbone_checkpoint
   from cvrl_tf import classify
   from cvrl_tf import config as cfg
   from cvrl_tf import knn
   from cvrl_tf import loop
   from cvrl_tf import preflight
   from cvrl_tf import pretrain
-  from cvrl_tf import resnet3d
   from cvrl_tf import runtime
   from cvrl_tf import storage
 
@@ -206,8 +206,8 @@ def run_experiment(config, workdir: str, strategy, log: Callable[[str], None],
       trainer.run()
     else:
       trainer.train()
-  except (cfg.ConfigError, resnet3d.CheckpointMismatchError, FileNotFoundError, ValueError,
-          pretrain.NonFiniteLossError, loop.WorkersDisagreeError) as e:
+  except (cfg.ConfigError, backbone_checkpoint.CheckpointMismatchError, FileNotFoundError,
+          ValueError, pretrain.NonFiniteLossError, loop.WorkersDisagreeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except loop.Preempted as e:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
 from cvrl_tf import heads
 from cvrl_tf import input_pipeline
 from cvrl_tf import networks
-from cvrl_tf import resnet3d
 from cvrl_tf import schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +89,7 @@ def _backbone_values(workdir) -> dict:
   config = cfg.read_workdir_config(workdir)
   data = config.data if isinstance(config, cfg.ExperimentConfig) else config.train_data
   backbone = networks.build_backbone(config.model, data.num_frames, data.crop_size)
-  resnet3d.restore_backbone_checkpoint(backbone, os.path.join(workdir, "checkpoints"))
+  backbone_checkpoint.restore_backbone_checkpoint(backbone, os.path.join(workdir, "checkpoints"))
   return {v.path: v.numpy() for v in backbone.variables}
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
 from cvrl_tf import evaluate
 from cvrl_tf import export
@@ -27,7 +28,6 @@ from cvrl_tf import heads
 from cvrl_tf import input_pipeline
 from cvrl_tf import networks
 from cvrl_tf import pretrain
-from cvrl_tf import resnet3d
 from cvrl_tf import schema
 from cvrl_tf import storage
 
@@ -522,7 +522,7 @@ def test_refuses_runs_it_cannot_export(runs, tmp_path):
   # A pretraining checkpoint has no classifier: the fine-tuning config cannot take it.
   config = cfg.read_workdir_config(runs.paths["finetune"])
   prefix = os.path.join(runs.paths["pretrain"], "checkpoints", "ckpt-2")
-  with pytest.raises(resnet3d.CheckpointMismatchError, match="does not hold every variable of "
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError, match="does not hold every variable of "
                      "the classifier"):
     export.restore_modules(export.build_modules(config), prefix)
 
@@ -641,7 +641,7 @@ def test_export_features_and_init_checkpoint_on_ram_leave_no_local_files(tmp_pat
       for name in storage.listdir(f"{root}/run/checkpoints"):
         storage.copy(f"{root}/run/checkpoints/{name}", f"{folder}/{name}")
       storage.remove(f"{root}/run")
-      assert resnet3d.latest_checkpoint(folder) == f"{folder}/ckpt-3"
+      assert backbone_checkpoint.latest_checkpoint(folder) == f"{folder}/ckpt-3"
     backbone = networks.build_backbone(config.model, 4, 32)
     message = pretrain.restore_initial_backbone(backbone, folder)
     assert message.startswith("restored ") and folder in message

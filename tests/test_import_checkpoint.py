@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import backbone_checkpoint
 from cvrl_tf import resnet3d
 from cvrl_tf import storage
 
@@ -43,10 +44,10 @@ def test_import_writes_a_checkpoint_with_reference_outputs(imported):
   assert "imported 265 variables (549,344 trainable parameters)" in run.stdout
   with open(os.path.join(output_dir, "backbone_config.json")) as f:
     info = json.load(f)
-  assert info["format"] == resnet3d.CHECKPOINT_FORMAT and info["class"] == "ResNet3D"
+  assert info["format"] == backbone_checkpoint.CHECKPOINT_FORMAT and info["class"] == "ResNet3D"
   assert info["config"]["stage_filters"] == [8, 16, 32, 64]
   assert NARROW_PREFIX in info["source"]
-  backbone = resnet3d.backbone_from_checkpoint(output_dir)
+  backbone = backbone_checkpoint.backbone_from_checkpoint(output_dir)
   expected = np.load(os.path.join(NARROW, "expected.npz"))
   out = backbone(tf.constant(expected["input"]), training=False)
   np.testing.assert_allclose(out["pooled"], expected["pooled"], atol=1e-4, rtol=0)
@@ -87,7 +88,7 @@ def test_explicit_flags_and_overwrite(tmp_path):
                    "--stem_filters=64", "--overwrite")
   assert run.returncode == 0, run.stderr[-3000:]
   assert "stale.txt" not in os.listdir(output_dir)
-  assert resnet3d.read_backbone_config(output_dir)["temporal_kernels"] == [
+  assert backbone_checkpoint.read_backbone_config(output_dir)["temporal_kernels"] == [
       [1, 1, 1], [1, 1, 1, 1], [3] * 6, [3, 3, 3]]
 
 
@@ -101,23 +102,23 @@ def test_save_restore_round_trip(tmp_path):
   for variable in model.weights:
     variable.assign(np.random.default_rng(len(variable.path)).uniform(
         0.5, 1.5, variable.shape).astype(np.float32))
-  prefix = resnet3d.save_backbone_checkpoint(model, str(tmp_path / "ckpt"), source="test")
+  prefix = backbone_checkpoint.save_backbone_checkpoint(model, str(tmp_path / "ckpt"), source="test")
   assert prefix == str(tmp_path / "ckpt" / "backbone")
   # The written keys are the documented ones, every variable once.
   written = {k for k, _ in tf.train.list_variables(prefix) if k.endswith("VARIABLE_VALUE")}
-  assert written == set(resnet3d.checkpoint_keys(model)) and len(written) == len(model.weights)
+  assert written == set(backbone_checkpoint.checkpoint_keys(model)) and len(written) == len(model.weights)
   assert "backbone/res3_block1/spatial_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE" in written
   for source in (str(tmp_path / "ckpt"), prefix):  # directory or prefix
     clone = tiny()
-    assert resnet3d.restore_backbone_checkpoint(clone, source) == len(model.weights)
+    assert backbone_checkpoint.restore_backbone_checkpoint(clone, source) == len(model.weights)
     for ours, theirs in zip(model.weights, clone.weights):
       np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
   # Settings that do not change the architecture may differ.
-  restored = resnet3d.backbone_from_checkpoint(str(tmp_path / "ckpt"), sync_batch_norm=True,
+  restored = backbone_checkpoint.backbone_from_checkpoint(str(tmp_path / "ckpt"), sync_batch_norm=True,
                                                dtype="mixed_bfloat16")
   assert restored.sync_batch_norm and restored.dtype_policy.name == "mixed_bfloat16"
   with pytest.raises(ValueError, match="stage_filters is fixed by the checkpoint"):
-    resnet3d.backbone_from_checkpoint(str(tmp_path / "ckpt"), stage_filters=(2, 3, 4, 6))
+    backbone_checkpoint.backbone_from_checkpoint(str(tmp_path / "ckpt"), stage_filters=(2, 3, 4, 6))
 
 
 def test_restore_reads_the_backbone_of_a_training_checkpoint(tmp_path):
@@ -134,50 +135,50 @@ def test_restore_reads_the_backbone_of_a_training_checkpoint(tmp_path):
   clone = tiny()
   # The directory (via its `checkpoint` file) or the prefix; head and optimizer are ignored.
   for source in (str(tmp_path / "train"), prefix):
-    assert resnet3d.restore_backbone_checkpoint(clone, source) == len(model.weights)
+    assert backbone_checkpoint.restore_backbone_checkpoint(clone, source) == len(model.weights)
   for ours, theirs in zip(model.weights, clone.weights):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
   # Something without a backbone is refused by name.
   prefix = tf.train.Checkpoint(head=head).write(str(tmp_path / "head_only"))
-  with pytest.raises(resnet3d.CheckpointMismatchError, match=r"no variables under 'backbone/'"):
-    resnet3d.restore_backbone_checkpoint(clone, prefix)
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError, match=r"no variables under 'backbone/'"):
+    backbone_checkpoint.restore_backbone_checkpoint(clone, prefix)
 
 
 def test_restore_refuses_a_different_backbone(tmp_path):
   model = tiny()
-  resnet3d.save_backbone_checkpoint(model, str(tmp_path / "ckpt"))
+  backbone_checkpoint.save_backbone_checkpoint(model, str(tmp_path / "ckpt"))
   other = resnet3d.ResNet3D(depth=50, stem_filters=4, stage_filters=(2, 3, 4, 6))
   other.build()
   before = [v.numpy().copy() for v in other.weights]
-  with pytest.raises(resnet3d.CheckpointMismatchError,
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError,
                      match=r"stage_filters=\[2, 3, 4, 5\] in .* but stage_filters=\[2, 3, 4, 6\]"):
-    resnet3d.restore_backbone_checkpoint(other, str(tmp_path / "ckpt"))
+    backbone_checkpoint.restore_backbone_checkpoint(other, str(tmp_path / "ckpt"))
   # Without the JSON, the per-key check still catches it, and nothing is assigned.
   os.remove(tmp_path / "ckpt" / "backbone_config.json")
-  with pytest.raises(resnet3d.CheckpointMismatchError,
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError,
                      match=r"res5_block1/shortcut_conv/kernel.* \[1, 1, 1, 16, 20\]"):
-    resnet3d.restore_backbone_checkpoint(other, str(tmp_path / "ckpt"))
+    backbone_checkpoint.restore_backbone_checkpoint(other, str(tmp_path / "ckpt"))
   for variable, value in zip(other.weights, before):
     np.testing.assert_array_equal(variable.numpy(), value)
 
 
 def test_restore_fails_loudly_on_nothing_or_the_wrong_kind(tmp_path):
   with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
-    resnet3d.restore_backbone_checkpoint(tiny(), str(tmp_path))
+    backbone_checkpoint.restore_backbone_checkpoint(tiny(), str(tmp_path))
   with pytest.raises(FileNotFoundError, match="is not a cvrl_tf backbone checkpoint"):
-    resnet3d.backbone_from_checkpoint(str(tmp_path))
+    backbone_checkpoint.backbone_from_checkpoint(str(tmp_path))
   # A reference-release checkpoint is not ours: the first key is missing.
-  with pytest.raises(resnet3d.CheckpointMismatchError, match="has no key 'backbone/stem_conv"):
-    resnet3d.restore_backbone_checkpoint(
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError, match="has no key 'backbone/stem_conv"):
+    backbone_checkpoint.restore_backbone_checkpoint(
         resnet3d.ResNet3D(depth=50, stage_filters=(8, 16, 32, 64)), NARROW_PREFIX)
 
 
 def test_save_refuses_to_overwrite(tmp_path):
   model = tiny()
-  resnet3d.save_backbone_checkpoint(model, str(tmp_path / "ckpt"))
+  backbone_checkpoint.save_backbone_checkpoint(model, str(tmp_path / "ckpt"))
   with pytest.raises(FileExistsError, match="refusing to overwrite"):
-    resnet3d.save_backbone_checkpoint(model, str(tmp_path / "ckpt"))
-  resnet3d.save_backbone_checkpoint(model, str(tmp_path / "ckpt"), overwrite=True)
+    backbone_checkpoint.save_backbone_checkpoint(model, str(tmp_path / "ckpt"))
+  backbone_checkpoint.save_backbone_checkpoint(model, str(tmp_path / "ckpt"), overwrite=True)
   assert sorted(os.listdir(tmp_path)) == ["ckpt"]
 
 
@@ -187,20 +188,20 @@ def test_save_and_restore_on_ram_leave_no_local_files(tmp_path, monkeypatch):
   root = f"ram://backbone_test_{uuid.uuid4().hex[:8]}"
   model = tiny()
   model.build()
-  prefix = resnet3d.save_backbone_checkpoint(model, f"{root}/ckpt", source="test")
+  prefix = backbone_checkpoint.save_backbone_checkpoint(model, f"{root}/ckpt", source="test")
   assert prefix == f"{root}/ckpt/backbone" and storage.listdir(root) == ["ckpt"]
   assert storage.listdir(f"{root}/ckpt") == [
       "backbone.data-00000-of-00001", "backbone.index", "backbone_config.json"]
-  assert resnet3d.read_backbone_config(f"{root}/ckpt")["stage_filters"] == [2, 3, 4, 5]
-  from_directory = resnet3d.backbone_from_checkpoint(f"{root}/ckpt")
+  assert backbone_checkpoint.read_backbone_config(f"{root}/ckpt")["stage_filters"] == [2, 3, 4, 5]
+  from_directory = backbone_checkpoint.backbone_from_checkpoint(f"{root}/ckpt")
   from_prefix = tiny()
-  assert resnet3d.restore_backbone_checkpoint(from_prefix, prefix) == len(model.weights)
+  assert backbone_checkpoint.restore_backbone_checkpoint(from_prefix, prefix) == len(model.weights)
   for restored in (from_directory, from_prefix):
     for ours, theirs in zip(model.weights, restored.weights):
       np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
   with pytest.raises(FileExistsError, match="refusing to overwrite"):
-    resnet3d.save_backbone_checkpoint(model, f"{root}/ckpt")
-  resnet3d.save_backbone_checkpoint(model, f"{root}/ckpt", overwrite=True)
+    backbone_checkpoint.save_backbone_checkpoint(model, f"{root}/ckpt")
+  backbone_checkpoint.save_backbone_checkpoint(model, f"{root}/ckpt", overwrite=True)
   assert storage.listdir(root) == ["ckpt"]  # no temporary or old copy left
   storage.remove(root)
   assert os.listdir(tmp_path) == []

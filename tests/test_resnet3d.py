@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import backbone_checkpoint
+from cvrl_tf import convolutions
 from cvrl_tf import resnet3d
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
@@ -66,7 +68,7 @@ def r3d50():
 @pytest.fixture(scope="module")
 def narrow():
   model = resnet3d.ResNet3D(depth=50, stage_filters=NARROW_FILTERS)
-  resnet3d.load_model_garden_checkpoint(model, NARROW_PREFIX)
+  backbone_checkpoint.load_model_garden_checkpoint(model, NARROW_PREFIX)
   return model
 
 
@@ -155,7 +157,7 @@ CONV_CASES = [
     ((1, 1, 2), (1, 1, 1), 3)]
 IMPLEMENTATION_CASES = [
     (name, *case) for case in CONV_CASES
-    for name in resnet3d.applicable_implementations(case[0], case[1]) if name != "conv3d"]
+    for name in convolutions.applicable_implementations(case[0], case[1]) if name != "conv3d"]
 
 
 def conv_and_gradients(fn, x, kernel):
@@ -172,7 +174,7 @@ def test_every_implementation_equals_conv3d(name, kernel, strides, channels):
   # Element by element, forward and both gradients, against tf.nn.conv3d itself.
   x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[1, 2])
   k = tf.random.stateless_normal([*kernel, channels, 6], seed=[5, 6])
-  actual = conv_and_gradients(lambda x, k: resnet3d.IMPLEMENTATIONS[name](x, k, strides), x, k)
+  actual = conv_and_gradients(lambda x, k: convolutions.IMPLEMENTATIONS[name](x, k, strides), x, k)
   expected = conv_and_gradients(lambda x, k: tf.nn.conv3d(x, k, [1, *strides, 1], "SAME"), x, k)
   for a, e in zip(actual, expected):
     assert a.shape == e.shape
@@ -184,13 +186,13 @@ def test_patches_equal_extract_volume_patches(kernel, strides, channels):
   # The slices-and-concat patches (XLA can compile them) against TF's own op, exactly.
   x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[7, 8])
   expected = tf.extract_volume_patches(x, [1, *kernel, 1], [1, *strides, 1], "SAME")
-  np.testing.assert_array_equal(resnet3d._patches(x, kernel, strides), expected)
+  np.testing.assert_array_equal(convolutions._patches(x, kernel, strides), expected)
 
 
 @pytest.mark.parametrize("kernel, strides, channels", CONV_CASES)
 def test_folded_conv_layer_equals_conv3d(kernel, strides, channels):
   # The layer, whatever it chose in this process, with its own variable.
-  conv = resnet3d.FoldedConv3D(6, kernel, strides)
+  conv = convolutions.FoldedConv3D(6, kernel, strides)
   x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[1, 2])
   conv.build(x.shape)
   results = []
@@ -240,9 +242,9 @@ R3D50_CHOICES = [
                          R3D50_CHOICES)
 def test_implementation_choices(kernel, strides, channels, filters, positions, eigen, onednn):
   for backend, expected in ((False, eigen), (True, onednn)):
-    assert resnet3d.choose_implementation(kernel, strides, channels, filters, positions,
+    assert convolutions.choose_implementation(kernel, strides, channels, filters, positions,
                                           backend) == expected
-    assert expected in resnet3d.applicable_implementations(kernel, strides)
+    assert expected in convolutions.applicable_implementations(kernel, strides)
 
 
 @pytest.mark.parametrize("onednn", [False, True])
@@ -250,20 +252,20 @@ def test_implementation_choices(kernel, strides, channels, filters, positions, e
 def test_every_choice_is_applicable(onednn, positions):
   for kernel, strides, channels in CONV_CASES:
     for in_channels in (channels, 256, 512, 1024, 2048):
-      choice = resnet3d.choose_implementation(kernel, strides, in_channels, 512, positions,
+      choice = convolutions.choose_implementation(kernel, strides, in_channels, 512, positions,
                                               onednn)
-      assert choice in resnet3d.applicable_implementations(kernel, strides), (
+      assert choice in convolutions.applicable_implementations(kernel, strides), (
           kernel, strides, in_channels, positions, onednn)
 
 
 def test_layer_counts_output_positions(monkeypatch):
   # res5's temporal conv on 8×112² clips, batch 4: [4, 4, 4, 4, 2048] -> 256 positions.
-  monkeypatch.setattr(resnet3d, "onednn_enabled", lambda: True)
-  conv = resnet3d.FoldedConv3D(512, (3, 1, 1))
+  monkeypatch.setattr(convolutions, "onednn_enabled", lambda: True)
+  conv = convolutions.FoldedConv3D(512, (3, 1, 1))
   assert conv.implementation((4, 4, 4, 4, 2048)) == "conv3d_patch_kernel_grad"
   assert conv.implementation((None, 4, 4, 4, 2048)) == "conv3d"  # unknown: no positions
   assert conv.implementation((64, 8, 14, 14, 2048)) == "conv3d"  # 100,352 positions
-  monkeypatch.setattr(resnet3d, "onednn_enabled", lambda: False)
+  monkeypatch.setattr(convolutions, "onednn_enabled", lambda: False)
   assert conv.implementation((4, 4, 4, 4, 2048)) == "temporal_conv2d"
 
 
@@ -277,7 +279,7 @@ def test_patch_kernel_gradient_compiles_with_xla():
       loss = tf.reduce_sum(conv(x, k) ** 2)
     return tape.gradient(loss, [x, k])
   compiled = tf.function(
-      lambda: grads(lambda x, k: resnet3d._conv3d_patch_kernel_grad(x, k, (1, 1, 1))),
+      lambda: grads(lambda x, k: convolutions._conv3d_patch_kernel_grad(x, k, (1, 1, 1))),
       jit_compile=True)()
   expected = grads(lambda x, k: tf.nn.conv3d(x, k, [1] * 5, "SAME"))
   for a, e in zip(compiled, expected):
@@ -286,8 +288,8 @@ def test_patch_kernel_gradient_compiles_with_xla():
 
 _ONEDNN_SCRIPT = textwrap.dedent("""
     import numpy as np, tensorflow as tf
-    from cvrl_tf import resnet3d
-    assert resnet3d.onednn_enabled(), "TF_ENABLE_ONEDNN_OPTS=1 did not switch oneDNN on"
+    from cvrl_tf import convolutions
+    assert convolutions.onednn_enabled(), "TF_ENABLE_ONEDNN_OPTS=1 did not switch oneDNN on"
     for kernel, strides, channels in %r:
       x = tf.random.stateless_normal([2, 5, 9, 8, channels], seed=[1, 2])
       k = tf.random.stateless_normal([*kernel, channels, 6], seed=[5, 6])
@@ -298,13 +300,13 @@ _ONEDNN_SCRIPT = textwrap.dedent("""
           loss = tf.reduce_sum(y * tf.random.stateless_normal(tf.shape(y), seed=[3, 4]))
         return (y, *tape.gradient(loss, [x, k]))
       expected = grads(lambda x, k: tf.nn.conv3d(x, k, [1, *strides, 1], "SAME"))
-      for name in resnet3d.applicable_implementations(kernel, strides):
-        for a, e in zip(grads(lambda x, k: resnet3d.IMPLEMENTATIONS[name](x, k, strides)),
+      for name in convolutions.applicable_implementations(kernel, strides):
+        for a, e in zip(grads(lambda x, k: convolutions.IMPLEMENTATIONS[name](x, k, strides)),
                         expected):
           np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-3, err_msg=f"{name} {kernel}")
       # The layer with oneDNN's choice, at this shape and at one with few positions.
       for shape in ([2, 5, 9, 8, channels], [1, 2, 3, 3, channels]):
-        conv = resnet3d.FoldedConv3D(6, kernel, strides)
+        conv = convolutions.FoldedConv3D(6, kernel, strides)
         conv.build(shape)
         xs = tf.random.stateless_normal(shape, seed=[1, 2])
         np.testing.assert_allclose(conv(xs), tf.nn.conv3d(xs, conv.kernel, [1, *strides, 1],
@@ -351,7 +353,7 @@ def test_fused_batch_norm_equals_keras(dtype):
 def test_folded_conv_by_hand():
   # 1×1×3 kernel [1, 2, 3] on a row [1, 2, 3, 4], stride 2, "same": pads one zero at the end
   # (TF's rule) -> [1·1 + 2·2 + 3·3, 3·1 + 4·2 + 0·3] = [14, 11].
-  conv = resnet3d.FoldedConv3D(1, (1, 1, 3), (1, 1, 2))
+  conv = convolutions.FoldedConv3D(1, (1, 1, 3), (1, 1, 2))
   conv.build((None, None, None, None, 1))
   conv.kernel.assign(np.array([1.0, 2.0, 3.0]).reshape(1, 1, 3, 1, 1))
   y = conv(np.array([1.0, 2.0, 3.0, 4.0], np.float32).reshape(1, 1, 1, 4, 1))
@@ -367,14 +369,14 @@ def test_full_size_checkpoint_layout_is_accepted(r3d50):
       if key.endswith("/.ATTRIBUTES/VARIABLE_VALUE"):
         listed[key] = tuple(json.loads(shape))
   assert len(listed) == 265
-  ours = {k: tuple(v.shape) for k, v in resnet3d.model_garden_keys(r3d50).items()}
+  ours = {k: tuple(v.shape) for k, v in backbone_checkpoint.model_garden_keys(r3d50).items()}
   assert ours == listed
 
 
 def test_architecture_is_read_off_the_checkpoint():
   with open(os.path.join(NARROW, "meta.json")) as f:
     meta = json.load(f)
-  assert resnet3d.model_garden_architecture(NARROW_PREFIX) == {
+  assert backbone_checkpoint.model_garden_architecture(NARROW_PREFIX) == {
       "depth": 50, "stem_filters": meta["stem_filters"], "stage_filters": meta["stage_filters"],
       "stem_temporal_kernel": 5, "temporal_kernels": meta["temporal_kernels"]}
 
@@ -410,8 +412,8 @@ def test_wrong_shape_fails_naming_the_key_and_assigns_nothing():
   model = resnet3d.ResNet3D(depth=50, stage_filters=(8, 16, 32, 32))
   model.build()
   before = snapshot(model)
-  with pytest.raises(resnet3d.CheckpointMismatchError) as error:
-    resnet3d.load_model_garden_checkpoint(model, NARROW_PREFIX)
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError) as error:
+    backbone_checkpoint.load_model_garden_checkpoint(model, NARROW_PREFIX)
   message = str(error.value)
   # res5's first block is the first layer whose shape differs.
   assert "backbone/layer_with_weights-15/_temporal_conv/kernel" in message
@@ -428,8 +430,8 @@ def test_missing_key_fails_naming_it(tmp_path):
   model = resnet3d.ResNet3D(depth=50, stage_filters=NARROW_FILTERS)
   model.build()
   before = snapshot(model)
-  with pytest.raises(resnet3d.CheckpointMismatchError, match="has no key '" + missing):
-    resnet3d.load_model_garden_checkpoint(model, str(tmp_path / "ckpt"))
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError, match="has no key '" + missing):
+    backbone_checkpoint.load_model_garden_checkpoint(model, str(tmp_path / "ckpt"))
   assert_unchanged(model, before)
 
 
@@ -440,26 +442,26 @@ def test_extra_variable_fails(tmp_path):
   extra = "backbone/layer_with_weights-17/_self_gating/kernel/.ATTRIBUTES/VARIABLE_VALUE"
   values[extra] = np.zeros([1, 1, 1, 256, 256], np.float32)
   write_checkpoint(str(tmp_path / "ckpt"), values)
-  with pytest.raises(resnet3d.CheckpointMismatchError,
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError,
                      match="1 checkpoint variables have no place .* first '" + extra):
-    resnet3d.load_model_garden_checkpoint(model, str(tmp_path / "ckpt"))
+    backbone_checkpoint.load_model_garden_checkpoint(model, str(tmp_path / "ckpt"))
   # A 17th block: the block count is checked first.
   del values[extra]
   values[extra.replace("-17", "-18")] = np.zeros([1, 1, 1, 256, 256], np.float32)
   write_checkpoint(str(tmp_path / "ckpt2"), values)
-  with pytest.raises(resnet3d.CheckpointMismatchError, match="holds 17 residual blocks"):
-    resnet3d.load_model_garden_checkpoint(model, str(tmp_path / "ckpt2"))
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError, match="holds 17 residual blocks"):
+    backbone_checkpoint.load_model_garden_checkpoint(model, str(tmp_path / "ckpt2"))
 
 
 def test_wrong_architecture_fails_before_any_key():
   model = tiny(depth=101)
-  with pytest.raises(resnet3d.CheckpointMismatchError,
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError,
                      match=r"holds 16 residual blocks .* has 33: wrong depth"):
-    resnet3d.load_model_garden_checkpoint(model, NARROW_PREFIX)
-  with pytest.raises(resnet3d.CheckpointMismatchError, match="bottleneck ResNet3Ds only"):
-    resnet3d.load_model_garden_checkpoint(tiny(depth=18), NARROW_PREFIX)
+    backbone_checkpoint.load_model_garden_checkpoint(model, NARROW_PREFIX)
+  with pytest.raises(backbone_checkpoint.CheckpointMismatchError, match="bottleneck ResNet3Ds only"):
+    backbone_checkpoint.load_model_garden_checkpoint(tiny(depth=18), NARROW_PREFIX)
   with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-    resnet3d.load_model_garden_checkpoint(model, NARROW_PREFIX + "-nope")
+    backbone_checkpoint.load_model_garden_checkpoint(model, NARROW_PREFIX + "-nope")
 
 
 @pytest.mark.parametrize("kwargs, match", [
