@@ -46,6 +46,11 @@ class ModelConfig:
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   sync_batch_norm: bool = True
+  # How each 3D conv is computed: "auto" (conv3d on GPU / TPU, the fastest measured fold on CPU)
+  # or one implementation for every layer (convolutions.NETWORK_IMPLEMENTATIONS, which a test
+  # keeps equal to this list). Checkpoints do not depend on it.
+  conv_implementation: Literal["auto", "conv3d", "conv3d_patch_kernel_grad",
+                               "stacked_time_conv2d"] = "auto"
   head_hidden_sizes: Tuple[int, ...] = (2048, 2048, 2048)
   head_output_size: int = 128
   head_bn_momentum: float = 0.997

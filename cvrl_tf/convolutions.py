@@ -4,8 +4,14 @@ compute them fastest on a CPU.
   FoldedConv3D              the layer: a Conv3D kernel [kt, kh, kw, C, F], computed by one of
   IMPLEMENTATIONS           matmul, conv2d on folded time or space, stacked-time conv2d, conv3d,
                             conv3d with a patch-matmul kernel gradient
-  choose_implementation     which one, by kernel, strides, channels, output size and backend
+  choose_implementation     which one, by device type, kernel, strides, channels, output size and
+                            CPU backend
+  device_type               where this process's convolutions run: "CPU", "GPU" or "TPU"
   onednn_enabled            whether this process runs oneDNN kernels
+
+The folds are CPU tunings: on a GPU or a TPU every convolution is conv3d (cuDNN's, XLA's), which
+is what those compilers are built for; nothing measured the folds there. `implementation=` forces
+one (model.conv_implementation for the whole network).
 
 Every implementation equals `tf.nn.conv3d` with "same" padding, forward and gradient, up to float
 rounding (tests/test_resnet3d.py); checkpoints hold the kernel only, so they do not depend on the
@@ -195,6 +201,12 @@ IMPLEMENTATIONS = {
 }
 
 
+DEVICE_TYPES = ("CPU", "GPU", "TPU")
+# The implementations that compute every convolution of a ResNet3D, so the ones a whole network
+# can be forced to (model.conv_implementation); "auto" chooses per layer.
+NETWORK_IMPLEMENTATIONS = ("auto", "conv3d", "conv3d_patch_kernel_grad", "stacked_time_conv2d")
+
+
 def applicable_implementations(kernel_size, strides) -> Tuple[str, ...]:
   """The keys of IMPLEMENTATIONS that can compute a conv of `kernel_size` with `strides`, each a
   (t, h, w) tuple of ints."""
@@ -210,15 +222,22 @@ def applicable_implementations(kernel_size, strides) -> Tuple[str, ...]:
 
 
 def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
-                          output_positions: Optional[int], onednn: bool) -> str:
-  """The fastest IMPLEMENTATIONS entry for a conv, by forward + backward time on CPU.
+                          output_positions: Optional[int], onednn: bool,
+                          device: str = "CPU") -> str:
+  """The IMPLEMENTATIONS entry for a conv: conv3d on accelerators, the fastest measured on CPU.
 
   Args:
     kernel_size, strides: (t, h, w) ints.
     in_channels, filters: C and F.
     output_positions: B·T'·H'·W' when the input's shape is static, else None.
     onednn: whether TensorFlow rewrites ops to oneDNN kernels in this process
-      (`onednn_enabled()`; true by default on Intel CPUs, GPU or not).
+      (`onednn_enabled()`; true by default on Intel CPUs, GPU or not). Matters on CPU only.
+    device: "CPU", "GPU" or "TPU" (`device_type()`), where the convolution runs.
+
+  On "GPU" and "TPU": conv3d for every shape. cuDNN and XLA pick their own algorithms for a
+  Conv3D; the folds below reshape around conv2d / matmul to suit CPU kernels and were never
+  measured on an accelerator (a GPU host with an Intel CPU has oneDNN on, which used to send
+  the oneDNN choices, patch-matmul kernel gradients included, to ops running on the GPU).
 
   Returns:
     A key of IMPLEMENTATIONS, always one of `applicable_implementations(kernel_size, strides)`.
@@ -240,6 +259,10 @@ def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
       patches is 1.2–2× faster for the whole layer; with more positions (res4) it is 1.4× slower.
   Shapes R3D does not have (1×1×1 with a temporal stride, say) get the nearest measured rule.
   """
+  if device not in DEVICE_TYPES:
+    raise ValueError(f"device must be one of {', '.join(DEVICE_TYPES)}, got {device!r}")
+  if device != "CPU":
+    return "conv3d"
   (kt, kh, kw), (st, sh, sw) = kernel_size, strides
   pointwise = (kt, kh, kw) == (1, 1, 1)
   unit_stride = (st, sh, sw) == (1, 1, 1)
@@ -265,6 +288,15 @@ def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
   return "conv3d"
 
 
+def device_type() -> str:
+  """Where this process's convolutions run: "TPU" when it sees a TPU, else "GPU" when it sees a
+  GPU (TensorFlow places convolutions there), else "CPU"."""
+  for kind in ("TPU", "GPU"):
+    if tf.config.list_logical_devices(kind):
+      return kind
+  return "CPU"
+
+
 @functools.lru_cache(maxsize=None)
 def onednn_enabled() -> bool:
   """Whether TensorFlow runs oneDNN kernels in this process (TF_ENABLE_ONEDNN_OPTS, read by
@@ -277,24 +309,34 @@ def onednn_enabled() -> bool:
 
 
 class FoldedConv3D(keras.layers.Layer):
-  """Bias-free Conv3D, "same" padding, computed by the fastest equivalent TF op on CPU.
+  """Bias-free Conv3D, "same" padding: conv3d on accelerators, the fastest equivalent op on CPU.
 
   The kernel is stored as [kt, kh, kw, C_in, filters], like `keras.layers.Conv3D`, so checkpoints
-  do not depend on how it is computed. `choose_implementation` picks among IMPLEMENTATIONS by
-  kernel, strides, channels, output size and backend (oneDNN or Eigen): matmuls for most 1×1×1
+  do not depend on how it is computed. With implementation="auto", `choose_implementation` picks
+  among IMPLEMENTATIONS by device type (conv3d on GPU and TPU) and, on CPU, by kernel, strides,
+  channels, output size and backend (oneDNN or Eigen): matmuls for most 1×1×1
   kernels, conv2d on folded tensors for 1×k×k and (with Eigen) k×1×1 kernels and the stem, conv3d
   (with oneDNN, on res5, with a patch-matmul kernel gradient) for the rest. The stride-1 conv2d
   folds take their input gradient from a forward conv2d (`_conv2d_same_unit_stride`); kernels
   are reshaped, never sliced. Each way keeps TF's "same" padding per axis, so results and
   gradients equal conv3d's up to float rounding (tests/test_resnet3d.py).
+
+  implementation: "auto", or a key of IMPLEMENTATIONS that can compute this kernel and stride
+  (`applicable_implementations`) to run it everywhere.
   """
 
   def __init__(self, filters: int, kernel_size, strides=1, kernel_initializer="variance_scaling",
-               **kwargs):
+               implementation: str = "auto", **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.kernel_size = _triple(kernel_size, "kernel_size")
     self.strides = _triple(strides, "strides")
+    applicable = applicable_implementations(self.kernel_size, self.strides)
+    if implementation != "auto" and implementation not in applicable:
+      raise ValueError(
+          f"implementation={implementation!r} cannot compute a {self.kernel_size} convolution "
+          f"with strides {self.strides}; use 'auto' or one of {', '.join(applicable)}")
+    self.forced_implementation = implementation
     # VarianceScaling(1, fan_in, truncated normal): the reference release's and SimCLR's default.
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
@@ -306,11 +348,13 @@ class FoldedConv3D(keras.layers.Layer):
   def implementation(self, input_shape) -> str:
     """The IMPLEMENTATIONS key this layer runs in this process on inputs of `input_shape`
     ([B, T, H, W, C], dimensions but C may be None)."""
+    if self.forced_implementation != "auto":
+      return self.forced_implementation
     input_shape = tuple(input_shape)
     output_shape = self.compute_output_shape(input_shape)
     positions = None if None in output_shape[:4] else int(np.prod(output_shape[:4]))
     return choose_implementation(self.kernel_size, self.strides, input_shape[-1], self.filters,
-                                 positions, onednn_enabled())
+                                 positions, onednn_enabled(), device_type())
 
   def call(self, x):  # [B, T, H, W, C] -> [B, T', H', W', filters]
     return IMPLEMENTATIONS[self.implementation(x.shape)](x, self.kernel, self.strides)
@@ -325,5 +369,6 @@ class FoldedConv3D(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+                  kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                  implementation=self.forced_implementation)
     return config

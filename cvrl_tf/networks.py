@@ -33,7 +33,7 @@ def build_backbone(model: cfg.ModelConfig, num_frames: int, crop_size: int) -> r
       stem_temporal_kernel=model.stem_temporal_kernel,
       stem_temporal_stride=model.stem_temporal_stride, temporal_kernels=model.temporal_kernels,
       sync_batch_norm=model.sync_batch_norm, bn_momentum=model.bn_momentum,
-      bn_epsilon=model.bn_epsilon)
+      bn_epsilon=model.bn_epsilon, conv_implementation=model.conv_implementation)
   backbone.build((None, num_frames, crop_size, crop_size, 3))
   return backbone
 

@@ -90,8 +90,10 @@ class _ResidualBlock(keras.layers.Layer):
   expansion = 1
 
   def __init__(self, filters: int, temporal_kernel: int, spatial_stride: int, in_channels: int,
-               bn_momentum: float, bn_epsilon: float, sync_batch_norm: bool, **kwargs):
+               bn_momentum: float, bn_epsilon: float, sync_batch_norm: bool,
+               conv_implementation: str = "auto", **kwargs):
     super().__init__(**kwargs)
+    self.conv_implementation = conv_implementation
     self.filters = filters
     self.temporal_kernel = temporal_kernel
     self.spatial_stride = spatial_stride
@@ -107,7 +109,8 @@ class _ResidualBlock(keras.layers.Layer):
 
   def _conv(self, name, filters, kernel, spatial_stride=1):
     return convolutions.FoldedConv3D(filters, kernel, (1, spatial_stride, spatial_stride),
-                                     name=name, dtype=self.dtype_policy)
+                                     implementation=self.conv_implementation, name=name,
+                                     dtype=self.dtype_policy)
 
   def _norm(self, name):
     return _batch_norm(name, self.bn_momentum, self.bn_epsilon, self.sync_batch_norm,
@@ -150,7 +153,8 @@ class _ResidualBlock(keras.layers.Layer):
     config.update(filters=self.filters, temporal_kernel=self.temporal_kernel,
                   spatial_stride=self.spatial_stride, in_channels=self.in_channels,
                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                  sync_batch_norm=self.sync_batch_norm)
+                  sync_batch_norm=self.sync_batch_norm,
+                  conv_implementation=self.conv_implementation)
     return config
 
 
@@ -230,6 +234,8 @@ class ResNet3D(keras.Model):
     sync_batch_norm: synchronise BN batch statistics across replicas (pretraining).
     bn_momentum, bn_epsilon: of every BN; momentum 1 keeps the moving statistics as they are (a
       momentum network, cvrl_tf.objectives.momentum).
+    conv_implementation: "auto" (each convolution computed as convolutions.choose_implementation
+      says for this process's device) or one of convolutions.NETWORK_IMPLEMENTATIONS for all.
     **kwargs: keras.Model arguments (name, dtype, e.g. dtype="mixed_bfloat16").
 
   Call: clip [B, T, H, W, 3] -> {"stem", "res2", .., "res5": [B, T', H', W', C] in the compute
@@ -242,7 +248,7 @@ class ResNet3D(keras.Model):
                stem_temporal_stride: int = 2,
                temporal_kernels: Sequence[Union[int, Sequence[int]]] = TEMPORAL_KERNELS,
                sync_batch_norm: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-               **kwargs):
+               conv_implementation: str = "auto", **kwargs):
     kwargs.setdefault("name", "resnet3d")
     super().__init__(**kwargs)
     if depth not in BLOCKS:
@@ -274,6 +280,10 @@ class ResNet3D(keras.Model):
     if not 0.0 <= bn_momentum <= 1.0 or bn_epsilon <= 0.0:
       raise ValueError(f"need 0 <= bn_momentum <= 1 and bn_epsilon > 0, got bn_momentum="
                        f"{bn_momentum!r}, bn_epsilon={bn_epsilon!r}")
+    if conv_implementation not in convolutions.NETWORK_IMPLEMENTATIONS:
+      raise ValueError(f"conv_implementation must be one of "
+                       f"{', '.join(convolutions.NETWORK_IMPLEMENTATIONS)}, got "
+                       f"{conv_implementation!r}")
 
     self.depth = depth
     self.width_multiplier = width_multiplier
@@ -285,10 +295,12 @@ class ResNet3D(keras.Model):
     self.sync_batch_norm = bool(sync_batch_norm)
     self.bn_momentum = bn_momentum
     self.bn_epsilon = bn_epsilon
+    self.conv_implementation = conv_implementation
 
     self.stem_conv = convolutions.FoldedConv3D(stem_filters, (stem_temporal_kernel, 7, 7),
-                                               (stem_temporal_stride, 2, 2), name="stem_conv",
-                                               dtype=self.dtype_policy)
+                                               (stem_temporal_stride, 2, 2),
+                                               implementation=conv_implementation,
+                                               name="stem_conv", dtype=self.dtype_policy)
     self.stem_norm = _batch_norm("stem_norm", bn_momentum, bn_epsilon, self.sync_batch_norm,
                                  self.dtype_policy)
     # Blocks are attributes, not a list: tf.train.Checkpoint does not descend into the lists
@@ -304,7 +316,8 @@ class ResNet3D(keras.Model):
             filters=filters, temporal_kernel=kernel,
             spatial_stride=2 if stage > 2 and index == 1 else 1, in_channels=channels,
             bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-            sync_batch_norm=self.sync_batch_norm, name=name, dtype=self.dtype_policy)
+            sync_batch_norm=self.sync_batch_norm, conv_implementation=conv_implementation,
+            name=name, dtype=self.dtype_policy)
         setattr(self, name, block)
         names.append(name)
         channels = block_class.expansion * filters
@@ -364,7 +377,7 @@ class ResNet3D(keras.Model):
         stem_temporal_stride=self.stem_temporal_stride,
         temporal_kernels=[list(k) for k in self.temporal_kernels],
         sync_batch_norm=self.sync_batch_norm, bn_momentum=self.bn_momentum,
-        bn_epsilon=self.bn_epsilon)
+        bn_epsilon=self.bn_epsilon, conv_implementation=self.conv_implementation)
     return config
 
   @classmethod

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import typing
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf import backbone_checkpoint
+from cvrl_tf import config as cfg
 from cvrl_tf import convolutions
 from cvrl_tf import resnet3d
 
@@ -243,8 +245,15 @@ R3D50_CHOICES = [
 def test_implementation_choices(kernel, strides, channels, filters, positions, eigen, onednn):
   for backend, expected in ((False, eigen), (True, onednn)):
     assert convolutions.choose_implementation(kernel, strides, channels, filters, positions,
-                                          backend) == expected
+                                              backend) == expected
+    assert convolutions.choose_implementation(kernel, strides, channels, filters, positions,
+                                              backend, "CPU") == expected
     assert expected in convolutions.applicable_implementations(kernel, strides)
+  # On accelerators every R3D-50 shape is cuDNN's / XLA's conv3d, whatever the host CPU does.
+  for device in ("GPU", "TPU"):
+    for backend in (False, True):
+      assert convolutions.choose_implementation(kernel, strides, channels, filters, positions,
+                                                backend, device) == "conv3d"
 
 
 @pytest.mark.parametrize("onednn", [False, True])
@@ -253,7 +262,7 @@ def test_every_choice_is_applicable(onednn, positions):
   for kernel, strides, channels in CONV_CASES:
     for in_channels in (channels, 256, 512, 1024, 2048):
       choice = convolutions.choose_implementation(kernel, strides, in_channels, 512, positions,
-                                              onednn)
+                                                  onednn)
       assert choice in convolutions.applicable_implementations(kernel, strides), (
           kernel, strides, in_channels, positions, onednn)
 
@@ -267,6 +276,62 @@ def test_layer_counts_output_positions(monkeypatch):
   assert conv.implementation((64, 8, 14, 14, 2048)) == "conv3d"  # 100,352 positions
   monkeypatch.setattr(convolutions, "onednn_enabled", lambda: False)
   assert conv.implementation((4, 4, 4, 4, 2048)) == "temporal_conv2d"
+
+
+def test_the_layer_asks_where_it_runs(monkeypatch):
+  # A 1×1×1 conv: a matmul on this CPU, conv3d when the process sees a GPU or a TPU, oneDNN or not.
+  conv = convolutions.FoldedConv3D(8, 1)
+  assert convolutions.device_type() == "CPU"  # the test machine has no accelerator
+  assert conv.implementation((2, 4, 6, 6, 16)) == "matmul"
+  for device in ("GPU", "TPU"):
+    monkeypatch.setattr(convolutions, "device_type", lambda device=device: device)
+    for onednn in (False, True):
+      monkeypatch.setattr(convolutions, "onednn_enabled", lambda onednn=onednn: onednn)
+      assert conv.implementation((2, 4, 6, 6, 16)) == "conv3d", (device, onednn)
+  with pytest.raises(ValueError, match="device must be one of CPU, GPU, TPU"):
+    convolutions.choose_implementation((1, 1, 1), (1, 1, 1), 4, 4, None, False, "gpu")
+
+
+def test_a_forced_implementation_runs_everywhere_and_computes_the_same():
+  x = tf.random.stateless_normal([2, 4, 6, 6, 16], seed=[3, 1])
+  auto = convolutions.FoldedConv3D(8, (1, 3, 3))
+  forced = convolutions.FoldedConv3D(8, (1, 3, 3), implementation="conv3d")
+  auto.build(x.shape)
+  forced.build(x.shape)
+  forced.kernel.assign(auto.kernel)
+  assert auto.implementation(x.shape) == "spatial_conv2d"
+  assert forced.implementation(x.shape) == "conv3d"
+  np.testing.assert_allclose(forced(x), auto(x), rtol=1e-5, atol=1e-5)
+  assert convolutions.FoldedConv3D.from_config(forced.get_config()).forced_implementation == (
+      "conv3d")
+  with pytest.raises(ValueError, match=r"cannot compute a \(3, 3, 3\) convolution.*one of "
+                                       r"stacked_time_conv2d, conv3d, conv3d_patch_kernel_grad"):
+    convolutions.FoldedConv3D(8, 3, implementation="matmul")
+
+
+def test_a_network_forced_to_conv3d_equals_auto_and_round_trips():
+  kwargs = dict(depth=18, stem_filters=4, stage_filters=(4, 8, 8, 8))
+  auto, forced = resnet3d.ResNet3D(**kwargs), resnet3d.ResNet3D(conv_implementation="conv3d",
+                                                                **kwargs)
+  clips = tf.random.stateless_uniform([2, 4, 32, 32, 3], seed=[2, 2])
+  auto.build(clips.shape)
+  forced.build(clips.shape)
+  forced.set_weights(auto.get_weights())
+  convs = [forced.stem_conv] + [layer for _, block in forced.blocks()
+                                for layer in block.sublayers().values()
+                                if isinstance(layer, convolutions.FoldedConv3D)]
+  # The stem, two per basic block, and res3's projection shortcut (4 -> 8 channels).
+  assert len(convs) == 1 + 8 * 2 + 1 and {c.forced_implementation for c in convs} == {"conv3d"}
+  np.testing.assert_allclose(forced(clips, training=False)["pooled"],
+                             auto(clips, training=False)["pooled"], rtol=1e-4, atol=1e-5)
+  assert resnet3d.ResNet3D.from_config(forced.get_config()).conv_implementation == "conv3d"
+  # The config's choices are the network's.
+  hint = typing.get_type_hints(cfg.ModelConfig)["conv_implementation"]
+  assert typing.get_args(hint) == convolutions.NETWORK_IMPLEMENTATIONS
+  with pytest.raises(ValueError, match="conv_implementation must be one of auto, conv3d"):
+    resnet3d.ResNet3D(conv_implementation="matmul", **kwargs)
+  with pytest.raises(cfg.ConfigError, match="model.conv_implementation='matmul': expected one of"):
+    cfg.apply_overrides(cfg.ExperimentConfig(), ["model.conv_implementation=matmul"])
 
 
 def test_patch_kernel_gradient_compiles_with_xla():
