@@ -27,6 +27,7 @@ letting mismatched collectives hang.
 
 import abc
 import dataclasses
+import functools
 import time
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -115,6 +116,12 @@ class TrainLoop(abc.ABC):
     self.writer = (tf.summary.create_file_writer(storage.join(workdir, "summaries", "train"))
                    if runtime.is_chief(strategy) else tf.summary.create_noop_writer())
     self._loop = tf.function(self._train_loop)
+    # One replica function per value of with_gradient_norm, bound here rather than passed
+    # through strategy.run: TPUStrategy turns a Python argument into a tensor, and the norm's
+    # full-gradient all-reduce into a tf.cond in every step.
+    self._replica_steps = {
+        flag: self._compiled(functools.partial(self.replica_step, with_gradient_norm=flag))
+        for flag in (False, True)}
     self._min_max = runtime.min_max_over_replicas(strategy)
     # request_stop defers the stop to the next call boundary while `train` runs.
     self._training = False
@@ -206,8 +213,15 @@ class TrainLoop(abc.ABC):
     return tf.linalg.global_norm(
         context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)) / self.replicas
 
+  def _compiled(self, replica_step):
+    """`replica_step`, XLA-compiled whole when train.jit_compile is set (what TPUStrategy does
+    to every step anyway; on CPU the test suite's proxy for it)."""
+    if not self.config.train.jit_compile:
+      return replica_step
+    return tf.function(replica_step, jit_compile=True)
+
   def _run_step(self, iterator, with_gradient_norm: bool):
-    shares = self.strategy.run(self.replica_step, args=(next(iterator), with_gradient_norm))
+    shares = self.strategy.run(self._replica_steps[with_gradient_norm], args=(next(iterator),))
     # One value at a time: MultiWorkerMirroredStrategy.reduce does not take a structure.
     values = tf.stack([self.strategy.reduce(tf.distribute.ReduceOp.SUM, share, axis=None)
                        for share in shares])  # [len(summary_names) + 1]
