@@ -59,6 +59,8 @@ def main():
                       help="Folder of train-* shards (default: the run's own file pattern).")
   parser.add_argument("--batches", type=int, default=8, help="Batches to average over.")
   args = parser.parse_args()
+  if args.batches < 1:
+    raise SystemExit(f"--batches must be >= 1, got {args.batches}")
 
   import tensorflow as tf
   from cvrl_tf import config as cfg
@@ -66,6 +68,9 @@ def main():
   from cvrl_tf import storage
 
   config = cfg.read_workdir_config(args.workdir)
+  if not isinstance(config, cfg.ExperimentConfig):
+    raise SystemExit(f"{args.workdir} is a {type(config).__name__} run; give a pretraining "
+                     "workdir (its config.json names an ExperimentConfig)")
   if args.tfrecords:
     config = cfg.apply_overrides(config, [
         f"data.reader.file_pattern={os.path.join(args.tfrecords, 'train-*-of-*.tfrecord')}"])
@@ -79,6 +84,9 @@ def main():
           storage.join(args.workdir, "checkpoints"))
       if not restored:
         raise SystemExit(f"no checkpoint in {args.workdir}/checkpoints")
+      if not tf.io.gfile.exists(restored + ".index"):
+        raise SystemExit(f"--checkpoint={restored}: no {restored}.index; give a checkpoint "
+                         "prefix such as WORKDIR/checkpoints/ckpt-320, or 'init'")
       trainer.checkpoint.restore(restored).expect_partial()
     batches = list(trainer.dataset(0).take(args.batches))
 
