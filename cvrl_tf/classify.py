@@ -27,6 +27,7 @@ from cvrl_tf import input_pipeline
 from cvrl_tf import lars
 from cvrl_tf import loop
 from cvrl_tf import losses
+from cvrl_tf import microbatch
 from cvrl_tf import networks
 from cvrl_tf import pretrain
 from cvrl_tf import runtime
@@ -156,34 +157,56 @@ class Trainer(loop.TrainLoop):
 
   # ---- the step
 
-  def replica_step(self, features, with_gradient_norm: bool):
-    """One step on this replica's batch; returns global-batch shares of [ce, reg, top-1, norm]."""
+  def _regularization(self) -> tf.Tensor:
+    """This replica's share of the SGD recipe's L2 term (LARS decays inside the optimizer)."""
+    if self.config.optimizer.name != "sgd" or not self.config.optimizer.weight_decay:
+      return tf.constant(0.0)
+    return losses.weight_decay_loss(self.kernels,
+                                    self.config.optimizer.weight_decay) / self.replicas
+
+  def _cross_entropy(self, features):
+    """(cross-entropy, (cross-entropy, correct)) of a batch or chunk, as global-batch shares."""
     global_batch = self.config.train.global_batch_size
+    # Frozen: inference mode, so BN uses (and keeps) its moving statistics.
+    pooled = self.backbone(features["video"], training=not self.frozen)["pooled"]    # [B, C]
+    if self.frozen:
+      pooled = tf.stop_gradient(pooled)
+    logits = self.classifier(pooled, training=True)                                # [B, K]
+    labels = features["label"]
+    targets = tf.one_hot(labels, self.config.evaluation.num_classes)
+    per_example = keras.losses.categorical_crossentropy(
+        targets, logits, from_logits=True,
+        label_smoothing=self.config.classifier.label_smoothing)
+    cross_entropy = tf.reduce_sum(per_example) / global_batch
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
+                      tf.float32)
+    return cross_entropy, (cross_entropy, tf.reduce_sum(correct) / global_batch)
+
+  def replica_step(self, features, with_gradient_norm: bool):
+    """One step on this replica's batch; returns global-batch shares of [ce, reg, top-1, norm].
+
+    With train.microbatches = k, the batch goes through in k chunks whose gradients are summed
+    (the cross-entropy is a sum over examples, so the sum is the whole batch's gradient; BN in
+    training mode sees each chunk's statistics).
+    """
+    k = self.config.train.microbatches
     with tf.GradientTape() as tape:
-      # Frozen: inference mode, so BN uses (and keeps) its moving statistics.
-      pooled = self.backbone(features["video"], training=not self.frozen)["pooled"]  # [B, C]
-      if self.frozen:
-        pooled = tf.stop_gradient(pooled)
-      logits = self.classifier(pooled, training=True)                              # [B, K]
-      labels = features["label"]
-      targets = tf.one_hot(labels, self.config.evaluation.num_classes)
-      per_example = keras.losses.categorical_crossentropy(
-          targets, logits, from_logits=True,
-          label_smoothing=self.config.classifier.label_smoothing)
-      cross_entropy = tf.reduce_sum(per_example) / global_batch
-      regularization = tf.constant(0.0)
-      if self.config.optimizer.name == "sgd" and self.config.optimizer.weight_decay:
-        regularization = losses.weight_decay_loss(self.kernels,
-                                                  self.config.optimizer.weight_decay)
-      loss = cross_entropy + regularization / self.replicas
-    gradients = tape.gradient(loss, self.trained_variables)
+      regularization = self._regularization()
+      if k == 1:
+        loss, (cross_entropy, correct) = self._cross_entropy(features)
+        loss += regularization
+    if k == 1:
+      gradients = tape.gradient(loss, self.trained_variables)
+    else:
+      chunks = [dict(zip(features, parts)) for parts in
+                zip(*[microbatch.split(value, k) for value in features.values()])]
+      (cross_entropy, correct), gradients = microbatch.accumulate(
+          chunks, self._cross_entropy, self.trained_variables)
+      gradients = microbatch.add(gradients, tape.gradient(regularization, self.trained_variables))
     gradient_norm = (self.global_gradient_norm(gradients) if with_gradient_norm
                      else tf.constant(0.0))
     self.optimizer.apply_gradients(zip(gradients, self.trained_variables))
-    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels),
-                      tf.float32)
-    return (cross_entropy, regularization / self.replicas, tf.reduce_sum(correct) / global_batch,
-            gradient_norm)
+    return (cross_entropy, regularization, correct, gradient_norm)
 
   def dataset(self, segment_start: int, skip_steps: int = 0):
     data = self.config.train_data

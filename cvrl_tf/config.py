@@ -119,6 +119,11 @@ class TrainConfig:
   checkpoint_every_steps: int = 1000
   keep_checkpoints: int = 5
   mixed_precision: Literal["float32", "mixed_bfloat16"] = "float32"
+  # Each replica's batch in this many chunks, one chunk's activations in memory at a time: the
+  # paper's batch on GPUs. Pretraining keeps every negative of the global batch (the gradient
+  # cache, cvrl_tf/microbatch.py); classification sums the chunks' gradients. Training-mode BN
+  # normalises each chunk with its own (synchronised) statistics.
+  microbatches: int = 1
   # XLA-compile the whole replica step (forward, loss, backward, optimizer, objective state).
   # Equal to the uncompiled step to float tolerance, except that augment_in_step draws other
   # (equally distributed) augmentations: XLA's stateless RNG differs from TensorFlow's kernels.

@@ -103,6 +103,12 @@ class TrainLoop(abc.ABC):
           f"train.global_batch_size={config.train.global_batch_size} does not split over "
           f"{self.replicas} replicas; use a multiple of {self.replicas}")
     self.per_replica_batch = config.train.global_batch_size // self.replicas
+    microbatches = config.train.microbatches
+    if microbatches < 1 or self.per_replica_batch % microbatches:
+      raise cfg.ConfigError(
+          f"train.microbatches={microbatches} does not split the per-replica batch of "
+          f"{self.per_replica_batch} (train.global_batch_size={config.train.global_batch_size} "
+          f"over {self.replicas} replicas); use a divisor of {self.per_replica_batch}")
     with strategy.scope():
       objects = self.build()
       self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)

@@ -15,6 +15,7 @@ import tensorflow as tf
 from cvrl_tf import backbone_checkpoint
 from cvrl_tf import input_pipeline
 from cvrl_tf import lars
+from cvrl_tf import microbatch
 from cvrl_tf import loop
 from cvrl_tf import losses
 from cvrl_tf import networks
@@ -104,7 +105,8 @@ class Trainer(loop.TrainLoop):
     names = self.objective.summary_names
     self.summary_names = (names[0], "loss/regularization") + tuple(names[1:])
     layers = [self.model.backbone, self.model.head, *self.objective.trained_layers]
-    self.variables = self.model.trainable_variables + self.objective.trainable_variables
+    self.network_variables = self.model.trainable_variables
+    self.variables = self.network_variables + self.objective.trainable_variables
     self.optimizer, self.schedule = build_optimizer(self.config, layers, self.variables)
     self.kernels = [v for layer in layers for v in lars.kernel_variables(layer)]
     return dict(state, backbone=self.model.backbone, head=self.model.head,
@@ -128,26 +130,64 @@ class Trainer(loop.TrainLoop):
     seed = tf.cast(seed, tf.int32)
     return input_pipeline.augment_pretrain_batch(features, seed, self.config.data.augmentation)
 
+  def _clips(self, features) -> tf.Tensor:
+    """[ρB, T, S, S, 3]: the views concatenated, clip k of video b at row k·B + b."""
+    return tf.concat([features[name] for name in self.config.data.view_names], axis=0)
+
+  def _regularization(self) -> tf.Tensor:
+    """This replica's share of the SGD recipe's L2 term (LARS decays inside the optimizer)."""
+    if self.config.optimizer.name != "sgd":
+      return tf.constant(0.0)
+    return losses.weight_decay_loss(self.kernels,
+                                    self.config.optimizer.weight_decay) / self.replicas
+
+  def _loss_and_gradients(self, features, step):
+    """(StepOutputs, regularization share, gradients of self.variables) of the whole batch, in
+    one piece."""
+    with tf.GradientTape() as tape:
+      out = self.objective.loss(self._clips(features), step)
+      regularization = self._regularization()
+      # `out.loss` is already this replica's share of the global-mean loss (see losses.py).
+      loss = out.loss + regularization
+    return out, regularization, tape.gradient(loss, self.variables)
+
+  def _microbatched_loss_and_gradients(self, features, step):
+    """The same, in train.microbatches chunks of videos (all ρ clips of a video in one chunk),
+    through the gradient cache: the loss still sees the whole global batch (microbatch.py)."""
+    k = self.config.train.microbatches
+    views = [microbatch.split(features[name], k) for name in self.config.data.view_names]
+    chunks = [tf.concat(chunk_views, axis=0) for chunk_views in zip(*views)]  # k × [ρB/k, ...]
+
+    def loss_on(projections, targets):
+      out = self.objective.loss_on(projections, targets, step)
+      return out.loss, out
+
+    online = [self.model.backbone, self.model.head]
+    out, gradients = microbatch.gradient_cache(
+        chunks, self.objective.project, self.objective.targets, loss_on,
+        self.network_variables, self.objective.trainable_variables,
+        reset_after_forward=[v for layer in online for v in layer.non_trainable_weights])
+    with tf.GradientTape() as tape:
+      regularization = self._regularization()
+    if self.config.optimizer.name == "sgd":
+      gradients = microbatch.add(gradients, tape.gradient(regularization, self.variables))
+    return out, regularization, gradients
+
   def replica_step(self, features, with_gradient_norm: bool):
     """One optimisation step on this replica's batch; returns global-batch shares."""
     features = self._augment(features)
-    clips = tf.concat([features[name] for name in self.config.data.view_names], axis=0)  # [ρB, T, S, S, 3]: clip k of video b at row k·B + b
     # k, the steps before this one: read before apply_gradients increments it.
     step = tf.convert_to_tensor(self.optimizer.iterations)
-    with tf.GradientTape() as tape:
-      out = self.objective.loss(clips, step)
-      regularization = tf.constant(0.0)
-      if self.config.optimizer.name == "sgd":  # LARS decays inside the optimizer
-        regularization = losses.weight_decay_loss(self.kernels, self.config.optimizer.weight_decay)
-      # `out.loss` is already this replica's share of the global-mean loss (see losses.py).
-      loss = out.loss + regularization / self.replicas
-    gradients = self.objective.gradients(tape.gradient(loss, self.variables), self.variables,
-                                         step)
+    if self.config.train.microbatches > 1:
+      out, regularization, gradients = self._microbatched_loss_and_gradients(features, step)
+    else:
+      out, regularization, gradients = self._loss_and_gradients(features, step)
+    gradients = self.objective.gradients(gradients, self.variables, step)
     gradient_norm = (self.global_gradient_norm(gradients) if with_gradient_norm
                      else tf.constant(0.0))
     self.optimizer.apply_gradients(zip(gradients, self.variables))
     self.objective.after_update(out.state, step)
-    return (out.loss, regularization / self.replicas, *out.metrics, gradient_norm)
+    return (out.loss, regularization, *out.metrics, gradient_norm)
 
   # ---- the data
 

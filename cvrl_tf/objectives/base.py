@@ -5,16 +5,22 @@ pretrain.Trainer calls an Objective at four points:
   build()                 in the strategy scope: creates the objective's own networks and state
                           (momentum encoder, queue, prototypes); returns what the checkpoint holds
   initialize()            a new run, once the online backbone is initialised (e.g. target ← online)
-  loss(clips, step)       in the replica context, under the gradient tape -> StepOutputs
+  targets(clips)          in the replica context, without gradient: what the loss needs besides
+                          the online projections (the momentum network's projections)
+  loss_on(projections, targets, step)
+                          in the replica context, under the gradient tape -> StepOutputs
   after_update(state, step)
                           in the replica context, after the optimizer step (EMA, queue, ...)
 
 The online network (backbone + projection head) is the Trainer's; an objective's own trained
-layers (a predictor, prototypes) are listed by `trained_layers` and optimised with it.
+layers (a predictor, prototypes) are listed by `trained_layers` and optimised with it. The loss
+sees the network only through the projections: with train.microbatches = k the Trainer computes
+them (and the targets) in k chunks and back-propagates the loss's gradient with respect to them
+chunk by chunk (cvrl_tf.microbatch), so every objective keeps its whole global batch.
 """
 
 import abc
-from typing import Callable, NamedTuple, Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -89,13 +95,32 @@ class Objective(abc.ABC):
     pooled = self.model.backbone(clips, training=True)["pooled"]       # [ρB, C]
     return by_clip(self.model.head(pooled, training=True), self.num_clips)
 
-  @abc.abstractmethod
-  def loss(self, clips: tf.Tensor, step: tf.Tensor) -> StepOutputs:
-    """The step's loss on this replica's clips [ρ·B, T, S, S, 3] (see `project`).
+  def targets(self, clips: tf.Tensor) -> tuple:
+    """What `loss_on` needs of the clips besides the online projections, without gradient.
 
     Args:
+      clips: [ρ·B, T, S, S, 3], as in `project`.
+
+    Returns:
+      A tuple of [ρ, B, ...] tensors (split and concatenated along the video axis 1 when the
+      step runs in microbatches); () when the objective needs nothing more.
+    """
+    del clips
+    return ()
+
+  @abc.abstractmethod
+  def loss_on(self, projections: tf.Tensor, targets: tuple, step: tf.Tensor) -> StepOutputs:
+    """The step's loss from this replica's online projections and targets.
+
+    Args:
+      projections: [ρ, B, D] float32, `project` of this replica's clips.
+      targets: `targets` of the same clips.
       step: int64 scalar, the optimizer's step count before this step (0 first).
     """
+
+  def loss(self, clips: tf.Tensor, step: tf.Tensor) -> StepOutputs:
+    """`loss_on` this replica's clips [ρ·B, T, S, S, 3] (see `project`), in one piece."""
+    return self.loss_on(self.project(clips), self.targets(clips), step)
 
   def gradients(self, gradients: list, variables: list, step: tf.Tensor) -> list:
     """The gradients the optimizer applies (SwAV freezes its prototypes early)."""
@@ -114,33 +139,3 @@ def spread(projections: tf.Tensor) -> tf.Tensor:
 def by_clip(rows: tf.Tensor, num_clips: int) -> tf.Tensor:
   """[ρ·B, D] (clip-major rows) -> [ρ, B, D]."""
   return tf.reshape(rows, tf.concat([[num_clips, -1], tf.shape(rows)[1:]], axis=0))
-
-
-def _variable(variable):
-  """The tf.Variable (a DistributedVariable under a strategy) behind a Keras variable."""
-  return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def assign_each(variables: Sequence, new_value: Callable, *args) -> None:
-  """variables[i] ← new_value(i, variables[i], *args) on every replica's copy, in place.
-
-  Call in a replica context (inside `strategy.run`, or outside any strategy) with `args` that
-  are the same on every replica (values computed alike on each, variables mirrored alike): each
-  device then updates its own copy from its own inputs, with no communication — where an assign
-  in the replica context would all-reduce, or fail for variables without an aggregation. This is
-  how Keras's optimizers update variables under tf.distribute (merge_call + extended.update);
-  tested under the default, Mirrored and MultiWorkerMirrored strategies, and the pattern Keras's
-  optimizers run on TPUs.
-
-  Args:
-    variables: Keras or TF variables.
-    new_value: (index, variable's local copy, *local args) -> its new value.
-    *args: tensors, variables or nests of them; inside `new_value` each is this device's copy.
-  """
-  def merged(strategy, *merged_args):
-    for i, variable in enumerate(variables):
-      strategy.extended.update(
-          _variable(variable), lambda local, *local_args, i=i: local.assign(
-              new_value(i, local, *local_args)), args=merged_args, group=False)
-
-  tf.distribute.get_replica_context().merge_call(merged, args=args)

@@ -37,12 +37,14 @@ class BYOL(base.Objective):
   def trained_layers(self):
     return (self.predictor,)
 
-  def loss(self, clips, step) -> base.StepOutputs:
+  def targets(self, clips) -> tuple:
+    return (self.encoder(clips, self.num_clips),)                  # [ρ, B, D]
+
+  def loss_on(self, projections, targets, step) -> base.StepOutputs:
     del step
-    projections = self.project(clips)                                           # [ρ, B, D]
     flat = tf.reshape(projections, [-1, projections.shape[-1]])
     predictions = base.by_clip(self.predictor(flat, training=True), self.num_clips)
-    loss = losses.byol_loss(predictions, self.encoder(clips, self.num_clips))
+    loss = losses.byol_loss(predictions, targets[0])
     replicas = tf.distribute.get_replica_context().num_replicas_in_sync
     return base.StepOutputs(loss, (1.0 / replicas - loss / 2.0, base.spread(projections)))
 

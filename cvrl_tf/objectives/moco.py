@@ -13,6 +13,7 @@ SyncBN replaces MoCo's shuffle-BN (see momentum.py).
 import tensorflow as tf
 
 from cvrl_tf import losses
+from cvrl_tf import runtime
 from cvrl_tf.objectives import base
 from cvrl_tf.objectives import momentum
 
@@ -72,10 +73,12 @@ class MoCo(base.Objective):
   def initialize(self) -> None:
     self.encoder.initialize()
 
-  def loss(self, clips, step) -> base.StepOutputs:
+  def targets(self, clips) -> tuple:
+    return (self.encoder(clips, self.num_clips),)                  # [ρ, B, D] keys
+
+  def loss_on(self, projections, targets, step) -> base.StepOutputs:
     del step
-    queries = self.project(clips)                                  # [ρ, B, D]
-    keys = self.encoder(clips, self.num_clips)                     # [ρ, B, D]
+    queries, (keys,) = projections, targets                        # [ρ, B, D] each
     out = losses.moco_loss(queries, keys, self.queue, self.config.train.temperature)
     return base.StepOutputs(out.loss, (out.contrast_accuracy, out.contrast_entropy,
                                        base.spread(queries)),
@@ -92,5 +95,5 @@ class MoCo(base.Objective):
       return next_pointer(pointer, tf.shape(keys)[0], size)
 
     # Both from the pointer before the step.
-    base.assign_each([self.queue, self.queue_pointer], new_value, keys,
+    runtime.assign_each([self.queue, self.queue_pointer], new_value, keys,
                      tf.identity(self.queue_pointer))

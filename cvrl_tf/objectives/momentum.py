@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from cvrl_tf import config as cfg
 from cvrl_tf import networks
+from cvrl_tf import runtime
 from cvrl_tf.objectives import base
 
 
@@ -100,6 +101,6 @@ class MomentumEncoder:
     """θ' ← m·θ' + (1 − m)·θ with m = momentum_at(step); in the replica context."""
     momentum = momentum_at(step, self.total_steps, self.base_momentum)
     targets, sources = zip(*self.pairs())
-    base.assign_each(
+    runtime.assign_each(
         targets, lambda i, target, sources, m: m * target + (1.0 - m) * sources[i],
         list(sources), momentum)

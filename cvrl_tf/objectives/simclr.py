@@ -14,9 +14,8 @@ class SimCLR(base.Objective):
   summary_names = ("loss/contrastive", "contrast/accuracy", "contrast/entropy",
                    base.SPREAD)
 
-  def loss(self, clips, step) -> base.StepOutputs:
-    del step
-    projections = self.project(clips)                                    # [ρ, B, D]
+  def loss_on(self, projections, targets, step) -> base.StepOutputs:
+    del targets, step
     out = losses.rho_nt_xent(projections, self.config.train.temperature)
     return base.StepOutputs(out.loss, (out.contrast_accuracy, out.contrast_entropy,
                                        base.spread(projections)))

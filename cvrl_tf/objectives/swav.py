@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from cvrl_tf import losses
+from cvrl_tf import runtime
 from cvrl_tf import schedules
 from cvrl_tf.objectives import base
 
@@ -46,10 +47,10 @@ class SwAV(base.Objective):
   def trained_layers(self):
     return (self.prototypes,)
 
-  def loss(self, clips, step) -> base.StepOutputs:
-    del step
+  def loss_on(self, projections, targets, step) -> base.StepOutputs:
+    del targets, step
     objective = self.config.objective
-    projections = tf.math.l2_normalize(self.project(clips), axis=-1)          # [ρ, B, D]
+    projections = tf.math.l2_normalize(projections, axis=-1)                   # [ρ, B, D]
     flat = tf.reshape(projections, [-1, projections.shape[-1]])
     scores = base.by_clip(self.prototypes(flat), self.num_clips)               # [ρ, B, K]
     loss = losses.swav_loss(scores, self.config.train.temperature, objective.sinkhorn_epsilon,
@@ -64,4 +65,4 @@ class SwAV(base.Objective):
 
   def after_update(self, state, step) -> None:
     del state, step
-    base.assign_each([self.prototypes.kernel], lambda i, kernel: normalize_prototypes(kernel))
+    runtime.assign_each([self.prototypes.kernel], lambda i, kernel: normalize_prototypes(kernel))
