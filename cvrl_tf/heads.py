@@ -13,6 +13,9 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+# Renamed: `batch_norm` is ProjectionHead's and LinearClassifier's on / off argument.
+from cvrl_tf import batch_norm as batch_norm_layers
+
 HIDDEN_SIZES = (2048, 2048, 2048)
 OUTPUT_SIZE = 128
 
@@ -25,7 +28,8 @@ class ProjectionHead(keras.layers.Layer):
     output_size: width of the final Dense (no BN, no activation after it).
     bn_momentum, bn_epsilon: of every BN (0.997 and 1e-5 in the reference release); momentum 1
       keeps the moving statistics as they are (a momentum network, cvrl_tf.objectives.momentum).
-    sync_batch_norm: synchronise BN batch statistics across replicas.
+    sync_batch_norm: synchronise BN batch statistics across replicas (one all-reduce per BN,
+      batch_norm.FusedBatchNorm).
     batch_norm: False drops the hidden layers' BNs and gives their Dense a bias instead (the
       ρ-SSL study's MoCo head: BN in MoCo's MLP costs it several points).
     **kwargs: keras.layers.Layer arguments (name, dtype).
@@ -58,7 +62,8 @@ class ProjectionHead(keras.layers.Layer):
       setattr(self, f"dense{i}", keras.layers.Dense(size, use_bias=not self.batch_norm,
                                                      name=f"dense{i}", dtype=self.dtype_policy))
       if self.batch_norm:
-        setattr(self, f"norm{i}", keras.layers.BatchNormalization(
+        # Keras's BN, its synchronized statistics through one all-reduce instead of three.
+        setattr(self, f"norm{i}", batch_norm_layers.FusedBatchNorm(
             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
             synchronized=self.sync_batch_norm, name=f"norm{i}", dtype=self.dtype_policy))
     self.output_dense = keras.layers.Dense(output_size, name="output_dense", dtype="float32")

@@ -15,8 +15,9 @@ shortcut is a 1×1×1 conv + BN when the channel count changes, else the identit
 the block is strided. These are the reference release's semantics, checked against its outputs in
 tests/test_resnet3d.py.
 
-Its convolutions are convolutions.FoldedConv3D (how each is computed on a CPU); its checkpoints,
-and the import of the reference release's, are backbone_checkpoint.py's.
+Its convolutions are convolutions.FoldedConv3D (how each is computed on a CPU), its BNs
+batch_norm.FusedBatchNorm (fused kernel; one all-reduce per layer when synchronized); its
+checkpoints, and the import of the reference release's, are backbone_checkpoint.py's.
 """
 
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -25,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import batch_norm
 from cvrl_tf import convolutions
 
 # Residual blocks per stage (res2, res3, res4, res5).
@@ -44,39 +46,9 @@ TEMPORAL_KERNELS = (1, 1, 3, 3)
 ENDPOINTS = ("stem", "res2", "res3", "res4", "res5", "pooled")
 
 
-class FusedBatchNorm(keras.layers.BatchNormalization):
-  """`keras.layers.BatchNormalization` over the last axis that trains through TF's fused kernel.
-
-  Keras 3 normalises with separate moments / subtract / scale ops; TF's FusedBatchNormV3 does it
-  in one pass and is 1.3–1.8× faster forward + backward here. Same variables, same outputs, and
-  the same moving-average update (from the biased batch variance, as Keras). Synchronized BN,
-  masks and inference keep Keras's own path.
-  """
-
-  def call(self, inputs, training=None, mask=None):
-    if self.synchronized or mask is not None or not (training and self.trainable):
-      return super().call(inputs, training=training, mask=mask)
-    if self.axis not in (-1, len(inputs.shape) - 1) or len(inputs.shape) not in (4, 5):
-      return super().call(inputs, training=training, mask=mask)
-    # The fused kernel wants NHWC: fold time into the batch (statistics are per channel anyway).
-    # It takes float32 scale / offset with float32, bfloat16 or float16 inputs.
-    shape = tf.shape(inputs)
-    y, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
-        tf.reshape(inputs, tf.concat([[-1], shape[-3:]], axis=0)),
-        tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
-        epsilon=self.epsilon, is_training=True)[:3]
-    y = tf.reshape(y, shape)
-    count = tf.cast(tf.size(inputs) // inputs.shape[-1], tf.float32)
-    variance = unbiased_variance * tf.maximum(count - 1.0, 0.0) / count
-    self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-    self.moving_variance.assign(
-        self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
-    return tf.cast(y, self.compute_dtype)
-
-
 def _batch_norm(name, momentum, epsilon, synchronized, dtype):
-  return FusedBatchNorm(axis=-1, momentum=momentum, epsilon=epsilon, synchronized=synchronized,
-                        name=name, dtype=dtype)
+  return batch_norm.FusedBatchNorm(axis=-1, momentum=momentum, epsilon=epsilon,
+                                  synchronized=synchronized, name=name, dtype=dtype)
 
 
 class _ResidualBlock(keras.layers.Layer):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import batch_norm
 from cvrl_tf import heads
 
 
@@ -64,7 +65,9 @@ def test_projection_head_default_sizes():
   assert sum(int(np.prod(v.shape)) for v in head.trainable_weights) == trainable
   assert sum(int(np.prod(v.shape)) for v in head.weights) == trainable + 3 * 2 * 2048
   assert head.norm1.momentum == 0.997 and not head.norm1.synchronized
-  assert heads.ProjectionHead(sync_batch_norm=True).norm3.synchronized
+  synchronized = heads.ProjectionHead(sync_batch_norm=True).norm3
+  # One all-reduce per BN (tests/test_batch_norm.py), not Keras's three.
+  assert synchronized.synchronized and isinstance(synchronized, batch_norm.FusedBatchNorm)
 
 
 def test_projection_head_is_fully_checkpointed(tmp_path):

@@ -389,32 +389,6 @@ def test_every_implementation_equals_conv3d_with_onednn():
   assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
 
 
-@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_fused_batch_norm_equals_keras(dtype):
-  x = tf.random.stateless_normal([2, 3, 5, 4, 6], seed=[5, 6]) * 2.0 + 1.0
-  layers = [keras.layers.BatchNormalization(momentum=0.5, epsilon=1e-5, dtype=dtype),
-            resnet3d.FusedBatchNorm(momentum=0.5, epsilon=1e-5, dtype=dtype)]
-  results = []
-  for layer in layers:
-    layer.build(x.shape)
-    layer.gamma.assign(np.linspace(0.5, 1.5, 6))
-    layer.beta.assign(np.linspace(-1.0, 1.0, 6))
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = layer(x, training=True)
-      loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 3)
-    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
-    results.append((y, grads, layer.moving_mean.numpy(), layer.moving_variance.numpy()))
-  (y0, g0, m0, v0), (y1, g1, m1, v1) = results
-  assert y1.dtype == y0.dtype
-  np.testing.assert_allclose(np.float32(y1), np.float32(y0), atol=1e-5)
-  for a, b in zip(g1, g0):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
-  # Moving statistics from the biased batch variance, like Keras.
-  np.testing.assert_allclose(m1, m0, atol=1e-6)
-  np.testing.assert_allclose(v1, v0, rtol=1e-5)
-
-
 def test_folded_conv_by_hand():
   # 1×1×3 kernel [1, 2, 3] on a row [1, 2, 3, 4], stride 2, "same": pads one zero at the end
   # (TF's rule) -> [1·1 + 2·2 + 3·3, 3·1 + 4·2 + 0·3] = [14, 11].
