@@ -154,6 +154,20 @@ def main(argv):
                         stop_on_sigterm=True)
 
 
+def make_trainer(config, workdir: str, strategy, log: Callable[[str], None]):
+  """The loop.TrainLoop of a trained experiment: classify.Trainer for linear evaluation and
+  fine-tuning, pretrain.Trainer for pretraining (kNN trains nothing: a ConfigError)."""
+  from cvrl_tf import classify
+  from cvrl_tf import config as cfg
+  from cvrl_tf import pretrain
+
+  if isinstance(config, cfg.KnnExperimentConfig):
+    raise cfg.ConfigError(f"experiment {config.name} is a kNN evaluation: it has no training loop")
+  if isinstance(config, cfg.ClassificationExperimentConfig):
+    return classify.Trainer(config, workdir, strategy, log=log)
+  return pretrain.Trainer(config, workdir, strategy, log=log)
+
+
 def run_experiment(config, workdir: str, strategy, log: Callable[[str], None],
                    stop_on_sigterm: bool = False) -> int:
   """Checks the inputs, then runs (or resumes) the experiment in `workdir`; returns the exit code.
@@ -193,10 +207,7 @@ def run_experiment(config, workdir: str, strategy, log: Callable[[str], None],
     log(f"experiment {config.name}: {config.stop_step} of {config.total_steps} steps of "
         f"{config.train.global_batch_size} videos on {strategy.num_replicas_in_sync} "
         f"replica(s) ({type(strategy).__name__}); workdir {workdir}")
-    if isinstance(config, cfg.ClassificationExperimentConfig):
-      trainer = classify.Trainer(config, workdir, strategy, log=log)
-    else:
-      trainer = pretrain.Trainer(config, workdir, strategy, log=log)
+    trainer = make_trainer(config, workdir, strategy, log)
     if stop_on_sigterm:
       _stop_on_sigterm(trainer)
     log(trainer.restore())
