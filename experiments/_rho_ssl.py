@@ -12,6 +12,8 @@ configs/contrastive_ssl/*.yaml, "the code" below). What every method shares:
              video (the study's default "global" sampling: temporal_sampling "uniform",
              max_span_seconds None); clips may overlap
   augment    the shipped configs' "aug+" (the paper's Table 9 best), see AUG_PLUS
+             (in the training step: data.augment_in_step, uint8 infeed; add
+             --config=data.augment_in_step=false on a CPU-only host)
   schedule   200 epochs, global batch 512 videos (ρ × 512 clips), linear warm-up over 35 epochs
              (the code's; the paper mentions none), then cosine to 0
   optimizer  SGD momentum 0.9 (MoCo) or LARS (the others, trust 0.001, BN and biases excluded);
@@ -150,7 +152,8 @@ def study_config(objective: str, num_clips: int = 2) -> cfg.ExperimentConfig:
                                              shuffle_buffer_size=1024),
           num_frames=8, stride=8, crop_size=224,          # 8 × 8 on 30-fps records
           num_clips=num_clips, temporal_sampling="uniform", max_span_seconds=None,
-          augmentation=AUG_PLUS),
+          augmentation=AUG_PLUS,
+          augment_in_step=True),                        # uint8 infeed, colour in the step
       model=cfg.ModelConfig(
           **SLOW_R50, head_hidden_sizes=method.head_hidden_sizes,
           head_output_size=method.head_output_size, head_batch_norm=method.head_batch_norm),

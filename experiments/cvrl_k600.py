@@ -5,6 +5,8 @@
 
 The paper's 70.4% K600 linear-eval top-1 (68.5% on K400) comes from this recipe on 32+ TPU
 cores; on fewer devices keep the global batch if memory allows (the learning rate scales with it).
+The host ships uint8 crops and the colour augmentations run in the training step
+(data.augment_in_step); for a CPU-only run add --config=data.augment_in_step=false.
 """
 
 
@@ -20,7 +22,11 @@ def get_config() -> cfg.ExperimentConfig:
       data=input_pipeline.PretrainDataConfig(
           reader=input_pipeline.ReaderConfig(file_pattern=K600_TRAIN_PATTERN,
                                              shuffle_buffer_size=1024),
-          num_frames=16, stride=2, crop_size=224, delta_exponent=1.0),
+          num_frames=16, stride=2, crop_size=224, delta_exponent=1.0,
+          # For accelerators: the host decodes, crops and flips, and ships uint8 (4× fewer bytes
+          # than float32 views); colour, grey, blur and solarize run in the replica step
+          # (input_pipeline.augment_pretrain_batch). On a CPU-only run set it to false.
+          augment_in_step=True),
       model=cfg.ModelConfig(depth=50, width_multiplier=1.0, sync_batch_norm=True,
                             head_hidden_sizes=(2048, 2048, 2048), head_output_size=128),
       optimizer=cfg.OptimizerConfig(

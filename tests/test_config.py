@@ -28,6 +28,18 @@ def test_every_named_experiment_loads():
     assert cfg.from_dict(json.loads(cfg.to_json(config))) == config
 
 
+
+def test_accelerator_experiments_augment_in_the_step_and_demos_on_the_host():
+  # Kinetics-scale pretraining is for accelerators: uint8 infeed, colour ops in the replica step.
+  # The demos run on CPUs, where the host pipeline augments (issue 15, item 5).
+  pretraining = [name for name in cfg.available_experiments()
+                 if isinstance(cfg.load_experiment(name), cfg.ExperimentConfig)]
+  for name in pretraining:
+    expected = not name.startswith("demo")
+    assert cfg.load_experiment(name).data.augment_in_step is expected, name
+  assert {"cvrl_k400", "cvrl_k600", "rho_moco_k400", "rho_byol_k400_rho4"} <= set(pretraining)
+  assert not cfg.load_experiment("cvrl_k400", ["data.augment_in_step=false"]).data.augment_in_step
+
 def test_linear_eval_prints_the_spec_values():
   result = subprocess.run([sys.executable, "-m", "cvrl_tf.train",
                            "--experiment=cvrl_k600_linear_eval", "--print_config"],
