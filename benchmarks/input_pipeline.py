@@ -45,6 +45,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from cvrl_tf import input_pipeline  # pylint: disable=g-import-not-at-top
 from cvrl_tf import schema  # pylint: disable=g-import-not-at-top
+import machine  # pylint: disable=g-import-not-at-top  (beside this script)
 
 BATCH_SIZE = 8
 NUM_FRAMES = 16
@@ -383,18 +384,6 @@ def measure_interleaved(datasets, rounds, seconds, warmup_seconds, slice_warmup_
           for name, (batches, wall, cpu) in totals.items()}
 
 
-def cpu_model():
-  """The CPU's model name (the machine kind's CPU varies between hosts)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown"
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tfrecords", default=None,
@@ -422,7 +411,7 @@ def main(argv=None):
   try:
     print(f"date {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}  "
           f"tf {tf.__version__}  onednn {os.environ['TF_ENABLE_ONEDNN_OPTS']}  "
-          f"cpus {os.cpu_count()} ({cpu_model()})  load {os.getloadavg()[0]:.2f}  "
+          f"({machine.cpu_description()})  load {os.getloadavg()[0]:.2f}  "
           f"batch {BATCH_SIZE}  clip {NUM_FRAMES}x{STRIDE}  crop {args.crop_size}  "
           f"rounds {args.rounds} x {args.seconds:g} s", flush=True)
     runs = [("decode_only", lambda: decode_only_dataset(pattern)),

@@ -35,33 +35,12 @@ measured).
 import argparse
 import gc
 import os
-import platform
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-
-
-def cpu_description() -> str:
-  """'AMD EPYC ..., 2 cores usable of 2, AVX2' — what the figures were measured on."""
-  model, features = platform.processor() or platform.machine(), set()
-  try:  # Linux; elsewhere the platform module's name
-    with open("/proc/cpuinfo") as cpuinfo:  # local-only: the kernel's CPU description
-      for line in cpuinfo:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-          model = value.strip()
-        elif key.strip() == "flags":
-          features = set(value.split())
-          break
-  except OSError:
-    pass
-  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  simd = [name for flag, name in (("avx512_bf16", "AVX-512 BF16"), ("amx_tile", "AMX"),
-                                  ("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in features]
-  return f"{model}, {usable} cores usable of {os.cpu_count()}" + (
-      f", {' '.join(simd)}" if simd else "")
+import machine  # noqa: E402  (beside this script)
 
 
 def load_config(cfg, experiment, overrides, global_batch_size, file_pattern):
@@ -231,7 +210,7 @@ def main():
   print(f"experiment {config.name}, global batch {config.train.global_batch_size}, "
         f"{config.train.mixed_precision}, TF {tf.__version__}, TF_ENABLE_ONEDNN_OPTS="
         f"{os.environ['TF_ENABLE_ONEDNN_OPTS']}, jit_compile={config.train.jit_compile}")
-  print(f"host CPU: {cpu_description()}")
+  print(f"host CPU: {machine.cpu_description()}")
   print(f"devices: {', '.join(devices)}; {strategy.num_replicas_in_sync} replica(s) "
         f"({type(strategy).__name__}) on {replica_devices}")
 
