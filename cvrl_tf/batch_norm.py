@@ -10,14 +10,24 @@
 Keras 3's synchronized BN all-reduces the sum, the sum of squares and the count separately: three
 collectives per layer forward and two backward, ≈ 160 small ones each way in an R3D-50. Ours
 concatenates them into one, so one forward and one backward.
+
+Both fast paths are TensorFlow (the fused kernel, tf.distribute's replica context). Under another
+Keras backend (JAX, torch) FusedBatchNorm is Keras's own BatchNormalization in every mode, and
+TensorFlow is not imported.
 """
 
 import keras
-import tensorflow as tf
+
+# The fast paths are TensorFlow ops, taken only when TensorFlow is Keras's backend: imported only
+# then, so that a JAX-only machine (no TensorFlow) can build the layer.
+TF_BACKEND = keras.backend.backend() == "tensorflow"
+if TF_BACKEND:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 
-def synchronized_moments(x: tf.Tensor, shift: tf.Tensor):
-  """Mean and biased variance per channel over the batches of every replica in sync.
+def synchronized_moments(x, shift):
+  """Mean and biased variance per channel over the batches of every replica in sync (TensorFlow:
+  tf.distribute's replica context).
 
   One all-reduce (SUM) of the local [Σ(x − shift), Σ(x − shift)², count], differentiable: its
   gradient is the all-reduce of the gradients, so each replica's input gradient is that of the
@@ -35,9 +45,9 @@ def synchronized_moments(x: tf.Tensor, shift: tf.Tensor):
   With a fresh moving mean (0) the error is Keras's.
 
   Args:
-    x: [..., C] float32, this replica's batch; every axis but the last is reduced.
-    shift: [C] float32, the same on every replica (not differentiated); any value gives the same
-      moments up to rounding.
+    x: [..., C] float32 tf.Tensor, this replica's batch; every axis but the last is reduced.
+    shift: [C] float32 tf.Tensor, the same on every replica (not differentiated); any value
+      gives the same moments up to rounding.
 
   Returns:
     (mean, variance), each [C] float32.
@@ -72,11 +82,23 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
   output in the compute dtype) and the same moving-average update (from the biased batch
   variance), as Keras. Masks, inference, renorm, another axis, a frozen layer and, unsynchronized,
   inputs other than 4-D / 5-D keep Keras's own path.
+
+  Under JAX or torch every call is Keras's own path (same variables, same results up to float
+  rounding: tests/test_jax_backend.py), and synchronized=True is accepted but not synchronized by
+  this layer — there is no tf.distribute replica context to all-reduce in: `self.synchronized` is
+  False there. The statistics are those of the array the layer sees. Under jax.jit on a global
+  batch sharded across devices (keras.distribution.DataParallel, Keras's JAX trainer) that is the
+  whole global batch: XLA inserts the cross-device reductions, so the statistics are synchronized
+  anyway. Under pmap / shard_map or torch DDP each device normalises its own shard.
   """
+
+  def __init__(self, *args, synchronized: bool = False, **kwargs):
+    # Keras refuses synchronized=True off TensorFlow; the note above says what runs instead.
+    super().__init__(*args, synchronized=bool(synchronized) and TF_BACKEND, **kwargs)
 
   def call(self, inputs, training=None, mask=None):
     last_axis = self.axis in (-1, len(inputs.shape) - 1)
-    if (mask is not None or not (training and self.trainable) or self.renorm
+    if (not TF_BACKEND or mask is not None or not (training and self.trainable) or self.renorm
         or not last_axis):
       return super().call(inputs, training=training, mask=mask)
     if self.synchronized:

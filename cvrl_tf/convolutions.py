@@ -3,7 +3,8 @@ compute them fastest on a CPU.
 
   FoldedConv3D              the layer: a Conv3D kernel [kt, kh, kw, C, F], computed by one of
   IMPLEMENTATIONS           matmul, conv2d on folded time or space, stacked-time conv2d, conv3d,
-                            conv3d with a patch-matmul kernel gradient
+                            conv3d with a patch-matmul kernel gradient (TensorFlow ops)
+  keras_conv3d              conv3d through keras.ops: what the layer runs under JAX or torch
   choose_implementation     which one, by device type, kernel, strides, channels, output size and
                             CPU backend
   device_type               where this process's convolutions run: "CPU", "GPU" or "TPU"
@@ -16,6 +17,12 @@ one (model.conv_implementation for the whole network).
 Every implementation equals `tf.nn.conv3d` with "same" padding, forward and gradient, up to float
 rounding (tests/test_resnet3d.py); checkpoints hold the kernel only, so they do not depend on the
 implementation. resnet3d.py builds the network from these layers.
+
+Under another Keras backend (KERAS_BACKEND=jax or torch) every convolution is
+`keras.ops.conv(..., padding="same")` (XLA's or torch's Conv3D, "same" split as TensorFlow splits
+it), the IMPLEMENTATIONS above are never called, and TensorFlow is not imported: this module, and
+the backbone built from it, run where JAX is installed and TensorFlow is not
+(tests/test_jax_backend.py).
 """
 
 import functools
@@ -23,7 +30,12 @@ from typing import Optional, Tuple
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+# The folds are TensorFlow ops, run only when TensorFlow is Keras's backend; under JAX or torch
+# nothing here needs it, so it is imported only then (a JAX-only machine has no TensorFlow).
+TF_BACKEND = keras.backend.backend() == "tensorflow"
+if TF_BACKEND:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 def _triple(value, name: str) -> Tuple[int, int, int]:
   if isinstance(value, int):
@@ -34,7 +46,6 @@ def _triple(value, name: str) -> Tuple[int, int, int]:
   return value
 
 
-@tf.custom_gradient
 def _conv2d_same_unit_stride(x, kernel):
   """`tf.nn.conv2d(x, kernel, 1, "SAME")` for an odd kernel, input gradient by a forward conv.
 
@@ -43,13 +54,18 @@ def _conv2d_same_unit_stride(x, kernel):
   Conv2DBackpropInput (Eigen) takes 1.25–2× as long for the same gradient on the res4 / res5
   shapes of R3D-50 (about the same on res2 / res3); the kernel gradient stays TF's.
   """
-  def grad(dy):
-    dx = tf.nn.conv2d(dy, tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), 1, "SAME")
-    dkernel = tf.raw_ops.Conv2DBackpropFilter(
-        input=x, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=[1, 1, 1, 1],
-        padding="SAME")
-    return dx, dkernel
-  return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+  # Decorated here, not at module level, so that importing the module needs no TensorFlow.
+  @tf.custom_gradient
+  def conv(x, kernel):
+    def grad(dy):
+      dx = tf.nn.conv2d(dy, tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), 1, "SAME")
+      dkernel = tf.raw_ops.Conv2DBackpropFilter(
+          input=x, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=[1, 1, 1, 1],
+          padding="SAME")
+      return dx, dkernel
+    return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+
+  return conv(x, kernel)
 
 
 def _conv2d(x, kernel, strides):
@@ -134,6 +150,13 @@ def _stacked_time_conv(x, kernel, strides):
 def _conv3d(x, kernel, strides):
   """TensorFlow's own conv3d."""
   return tf.nn.conv3d(x, kernel, [1, *strides, 1], "SAME")
+
+
+def keras_conv3d(x, kernel, strides):
+  """conv3d under any Keras backend (what FoldedConv3D runs when TensorFlow is not the backend):
+  `keras.ops.conv` with "same" padding, which JAX (lax.conv_general_dilated) and torch split as
+  TensorFlow does, the odd element at the end. [B, T, H, W, C] -> [B, T', H', W', F]."""
+  return keras.ops.conv(x, kernel, strides, padding="same", data_format="channels_last")
 
 
 def _patches(x, kernel_size, strides):
@@ -290,10 +313,25 @@ def choose_implementation(kernel_size, strides, in_channels: int, filters: int,
 
 def device_type() -> str:
   """Where this process's convolutions run: "TPU" when it sees a TPU, else "GPU" when it sees a
-  GPU (TensorFlow places convolutions there), else "CPU"."""
-  for kind in ("TPU", "GPU"):
-    if tf.config.list_logical_devices(kind):
-      return kind
+  GPU (TensorFlow places convolutions there), else "CPU".
+
+  Asked of Keras's backend: TensorFlow's logical devices, JAX's default platform, torch's CUDA;
+  TensorFlow is consulted only when it is the backend.
+  """
+  backend = keras.backend.backend()
+  if backend == "tensorflow":
+    for kind in ("TPU", "GPU"):
+      if tf.config.list_logical_devices(kind):
+        return kind
+    return "CPU"
+  if backend == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    # "gpu" for CUDA and ROCm alike; "cuda" / "rocm" from plugins that name the platform.
+    platform = jax.default_backend()
+    return {"tpu": "TPU", "gpu": "GPU", "cuda": "GPU", "rocm": "GPU"}.get(platform, "CPU")
+  if backend == "torch":
+    import torch  # pylint: disable=g-import-not-at-top
+    return "GPU" if torch.cuda.is_available() else "CPU"
   return "CPU"
 
 
@@ -309,7 +347,7 @@ def onednn_enabled() -> bool:
 
 
 class FoldedConv3D(keras.layers.Layer):
-  """Bias-free Conv3D, "same" padding: conv3d on accelerators, the fastest equivalent op on CPU.
+  """Bias-free Conv3D, "same" padding: conv3d on accelerators, the fastest equivalent TF op on CPU.
 
   The kernel is stored as [kt, kh, kw, C_in, filters], like `keras.layers.Conv3D`, so checkpoints
   do not depend on how it is computed. With implementation="auto", `choose_implementation` picks
@@ -323,6 +361,10 @@ class FoldedConv3D(keras.layers.Layer):
 
   implementation: "auto", or a key of IMPLEMENTATIONS that can compute this kernel and stride
   (`applicable_implementations`) to run it everywhere.
+
+  Under a Keras backend other than TensorFlow the layer is `keras_conv3d` (keras.ops.conv) on every
+  device, whatever the device: "auto" and "conv3d" mean that; the other IMPLEMENTATIONS are TF ops
+  and are refused there.
   """
 
   def __init__(self, filters: int, kernel_size, strides=1, kernel_initializer="variance_scaling",
@@ -336,6 +378,10 @@ class FoldedConv3D(keras.layers.Layer):
       raise ValueError(
           f"implementation={implementation!r} cannot compute a {self.kernel_size} convolution "
           f"with strides {self.strides}; use 'auto' or one of {', '.join(applicable)}")
+    if not TF_BACKEND and implementation not in ("auto", "conv3d"):
+      raise ValueError(
+          f"implementation={implementation!r} is a TensorFlow fold; under the "
+          f"{keras.backend.backend()} backend use 'auto' or 'conv3d' (keras.ops.conv)")
     self.forced_implementation = implementation
     # VarianceScaling(1, fan_in, truncated normal): the reference release's and SimCLR's default.
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -347,7 +393,10 @@ class FoldedConv3D(keras.layers.Layer):
 
   def implementation(self, input_shape) -> str:
     """The IMPLEMENTATIONS key this layer runs in this process on inputs of `input_shape`
-    ([B, T, H, W, C], dimensions but C may be None)."""
+    ([B, T, H, W, C], dimensions but C may be None): "conv3d" (`keras_conv3d`) under any backend
+    but TensorFlow."""
+    if not TF_BACKEND:
+      return "conv3d"
     if self.forced_implementation != "auto":
       return self.forced_implementation
     input_shape = tuple(input_shape)
@@ -357,6 +406,8 @@ class FoldedConv3D(keras.layers.Layer):
                                  positions, onednn_enabled(), device_type())
 
   def call(self, x):  # [B, T, H, W, C] -> [B, T', H', W', filters]
+    if not TF_BACKEND:
+      return keras_conv3d(x, self.kernel, self.strides)
     return IMPLEMENTATIONS[self.implementation(x.shape)](x, self.kernel, self.strides)
 
   def compute_output_shape(self, input_shape):

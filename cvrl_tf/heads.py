@@ -5,19 +5,29 @@
   LinearClassifier  [B, D] -> L2-normalise -> Dense -> [B, num_classes] logits (linear evaluation)
 
 Both return float32 whatever the dtype policy: their outputs feed a temperature-scaled softmax
-(NT-Xent, τ = 0.1) or a cross-entropy, where bfloat16's 8 bits of mantissa show.
+(NT-Xent, τ = 0.1) or a cross-entropy, where bfloat16's 8 bits of mantissa show. Both are Keras
+layers and keras.ops only: any Keras backend runs them (tests/test_jax_backend.py).
 """
 
 from typing import Sequence
 
 import keras
-import tensorflow as tf
 
 # Renamed: `batch_norm` is ProjectionHead's and LinearClassifier's on / off argument.
 from cvrl_tf import batch_norm as batch_norm_layers
 
 HIDDEN_SIZES = (2048, 2048, 2048)
 OUTPUT_SIZE = 128
+
+
+def l2_normalize(x, epsilon: float = 1e-12):
+  """x / max(‖x‖, √epsilon) over the last axis: [B, D] -> [B, D].
+
+  tf.math.l2_normalize's ops in its order, in keras.ops, so TensorFlow computes what it computed
+  before; keras.ops.normalize would clamp the norm elsewhere (at epsilon, not √epsilon).
+  """
+  square_sum = keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True)  # [B, 1]
+  return x * keras.ops.rsqrt(keras.ops.maximum(square_sum, epsilon))
 
 
 class ProjectionHead(keras.layers.Layer):
@@ -82,8 +92,8 @@ class ProjectionHead(keras.layers.Layer):
       x = getattr(self, f"dense{i}")(x)
       if self.batch_norm:
         x = getattr(self, f"norm{i}")(x, training=training)
-      x = tf.nn.relu(x)
-    return self.output_dense(tf.cast(x, tf.float32))
+      x = keras.ops.relu(x)
+    return self.output_dense(keras.ops.cast(x, "float32"))
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], self.output_size)
@@ -143,9 +153,9 @@ class LinearClassifier(keras.layers.Layer):
 
   def call(self, x, training=None):  # [B, D] -> [B, num_classes]
     # In float32: the squared norm of a 2048-d bf16 feature rounds coarsely.
-    x = tf.cast(x, tf.float32)
+    x = keras.ops.cast(x, "float32")
     if self.normalize:
-      x = tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
+      x = l2_normalize(x)
     if self.batch_norm:
       x = self.norm(x, training=training)
     if self.dropout_rate:

@@ -18,16 +18,25 @@ tests/test_resnet3d.py.
 Its convolutions are convolutions.FoldedConv3D (how each is computed on a CPU), its BNs
 batch_norm.FusedBatchNorm (fused kernel; one all-reduce per layer when synchronized); its
 checkpoints, and the import of the reference release's, are backbone_checkpoint.py's.
+
+Any Keras backend runs it: under JAX or torch every convolution is keras.ops.conv, every BN Keras's
+own, and the rest keras.ops, with the same variables, so weights saved under TensorFlow
+(`save_weights("x.weights.h5")`) load there and give the same outputs (tests/test_jax_backend.py).
+TensorFlow is imported only when it is the backend.
 """
 
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from cvrl_tf import batch_norm
 from cvrl_tf import convolutions
+
+# The stem's folded max-pool is a TensorFlow op, used only when TensorFlow is Keras's backend.
+TF_BACKEND = keras.backend.backend() == "tensorflow"
+if TF_BACKEND:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 # Residual blocks per stage (res2, res3, res4, res5).
 BLOCKS = {
@@ -112,7 +121,7 @@ class _ResidualBlock(keras.layers.Layer):
       shortcut = x[:, :, ::self.spatial_stride, ::self.spatial_stride, :]
     else:
       shortcut = x
-    return tf.nn.relu(self._residual(x, training) + shortcut)
+    return keras.ops.relu(self._residual(x, training) + shortcut)
 
   def compute_output_shape(self, input_shape):
     def out(n):
@@ -149,8 +158,8 @@ class BottleneckBlock3D(_ResidualBlock):
     self.norm3 = self._norm("norm3")
 
   def _residual(self, x, training):
-    y = tf.nn.relu(self.norm1(self.temporal_conv(x), training=training))
-    y = tf.nn.relu(self.norm2(self.spatial_conv(y), training=training))
+    y = keras.ops.relu(self.norm1(self.temporal_conv(x), training=training))
+    y = keras.ops.relu(self.norm2(self.spatial_conv(y), training=training))
     return self.norm3(self.expand_conv(y), training=training)
 
 
@@ -172,12 +181,29 @@ class BasicBlock3D(_ResidualBlock):
     self.norm2 = self._norm("norm2")
 
   def _residual(self, x, training):
-    y = tf.nn.relu(self.norm1(self.conv1(x), training=training))
+    y = keras.ops.relu(self.norm1(self.conv1(x), training=training))
     return self.norm2(self.conv2(y), training=training)
 
 
 BLOCK_CLASS = {18: BasicBlock3D, 34: BasicBlock3D, 50: BottleneckBlock3D,
                101: BottleneckBlock3D, 152: BottleneckBlock3D, 200: BottleneckBlock3D}
+
+
+def _max_pool_stem(x):
+  """Max-pool 1×3×3, stride (1, 2, 2), "same" (padded with -inf): [B, T, H, W, C] ->
+  [B, T, ceil(H / 2), ceil(W / 2), C].
+
+  Under TensorFlow folded into 2D like FoldedConv3D (a max_pool2d on [B·T, H, W, C]); under other
+  backends keras.ops.max_pool, whose "same" pads as TensorFlow's does.
+  """
+  if not TF_BACKEND:
+    return keras.ops.max_pool(x, (1, 3, 3), (1, 2, 2), padding="same",
+                              data_format="channels_last")
+  shape = tf.shape(x)
+  y = tf.nn.max_pool2d(tf.reshape(x, [shape[0] * shape[1], shape[2], shape[3], x.shape[-1]]),
+                       ksize=3, strides=2, padding="SAME")
+  y_shape = tf.shape(y)
+  return tf.reshape(y, [shape[0], shape[1], y_shape[1], y_shape[2], x.shape[-1]])
 
 
 def _positive_ints(value, length: int, name: str, accepted: str) -> Tuple[int, ...]:
@@ -323,20 +349,15 @@ class ResNet3D(keras.Model):
   def call(self, inputs, training=None):
     self._check_input_shape(inputs.shape)
     endpoints = {}
-    x = tf.nn.relu(self.stem_norm(self.stem_conv(inputs), training=training))
-    # Max-pool 1×3×3, stride (1, 2, 2), "same": folded into 2D like FoldedConv3D.
-    shape = tf.shape(x)
-    y = tf.nn.max_pool2d(tf.reshape(x, [shape[0] * shape[1], shape[2], shape[3], x.shape[-1]]),
-                         ksize=3, strides=2, padding="SAME")
-    y_shape = tf.shape(y)
-    x = tf.reshape(y, [shape[0], shape[1], y_shape[1], y_shape[2], x.shape[-1]])
+    x = keras.ops.relu(self.stem_norm(self.stem_conv(inputs), training=training))
+    x = _max_pool_stem(x)
     endpoints["stem"] = x
     for stage, names in enumerate(self.block_names, start=2):
       for name in names:
         x = getattr(self, name)(x, training=training)
       endpoints[f"res{stage}"] = x
     # Averaged in float32: under mixed_bfloat16 a bf16 mean over T·H·W positions loses digits.
-    endpoints["pooled"] = tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2, 3])
+    endpoints["pooled"] = keras.ops.mean(keras.ops.cast(x, "float32"), axis=(1, 2, 3))
     return endpoints
 
   def get_config(self):
