@@ -29,15 +29,16 @@ WORKER = textwrap.dedent('''
       tf.config.set_logical_device_configuration(
           cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
     from cvrl_tf import config as cfg, pretrain
-    config = cfg.load_experiment("demo", ["train.strategy=" + ("mirrored" if replicas > 1
-                                                                else "default")])
+    config = cfg.load_experiment("demo", [
+        "train.strategy=" + ("mirrored" if replicas > 1 else "default"),
+        f"train.steps_per_loop={max(steps, warmup)}"])   # each timing is one call
     strategy = (tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
                 if replicas > 1 else tf.distribute.get_strategy())
     trainer = pretrain.Trainer(config, tempfile.mkdtemp(), strategy, log=lambda _: None)
     iterator = iter(trainer.dataset(0))
-    trainer._loop(iterator, tf.constant(warmup)).numpy()
+    trainer._loop(iterator, tf.constant(warmup))[0].numpy()
     start = time.perf_counter()
-    trainer._loop(iterator, tf.constant(steps)).numpy()
+    trainer._loop(iterator, tf.constant(steps))[0].numpy()
     print(json.dumps({"steps_per_s": steps / (time.perf_counter() - start),
                       "clips_per_step": 2 * config.train.global_batch_size}))
 ''')

@@ -138,7 +138,7 @@ def timed(call, iterator, steps: int, warmup: int, steps_per_call: int) -> tuple
   def run(count):
     while count > 0:
       n = min(steps_per_call, count)
-      call(iterator, tf.constant(n)).numpy()
+      tf.nest.flatten(call(iterator, tf.constant(n)))[0].numpy()
       count -= n
 
   run(warmup)

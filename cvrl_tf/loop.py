@@ -2,8 +2,9 @@
 
 A subclass (pretrain.Trainer, classify.Trainer) builds its model and optimizer, and says what one
 replica does per step and which data a segment reads. This class runs the steps in multi-step
-tf.function calls, sums the replicas' values, writes TensorBoard summaries and the progress line,
-saves a checkpoint at the end of every segment and stops on a non-finite loss.
+tf.function calls, keeps each replica's values of every step on its device and sums them over the
+replicas once per call, writes TensorBoard summaries and the progress line, saves a checkpoint at
+the end of every segment and stops on a non-finite loss.
 
 Data are read in segments of `checkpoint_every_steps` steps: the pipeline of the segment that
 starts at step s is seeded from (train.seed, s). A run that resumes from the checkpoint at step s
@@ -111,7 +112,15 @@ class TrainLoop(abc.ABC):
           f"over {self.replicas} replicas); use a divisor of {self.per_replica_batch}")
     with strategy.scope():
       objects = self.build()
-      self.first_bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+      # [steps_per_loop, values]: each replica's values of its last steps, newest last, in its
+      # own copy on its own device. Sync-on-read with SUM, as Keras metrics are: a replica writes
+      # its copy without communicating, and reading the variable outside strategy.run sums the
+      # copies, the one cross-replica reduction of a call (TPUStrategy: one transfer per core).
+      # Scratch, not in the checkpoint.
+      self._step_values = tf.Variable(
+          tf.zeros([config.train.steps_per_loop, len(self.summary_names) + 1]),
+          trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+          aggregation=tf.VariableAggregation.SUM)
     self.checkpoint = tf.train.Checkpoint(**objects)
     # Every worker restores from the chief's checkpoints (all workers must resume at the same
     # step); saving is collective, and runtime.save_checkpoint keeps only the chief's copy.
@@ -126,7 +135,7 @@ class TrainLoop(abc.ABC):
     # through strategy.run: TPUStrategy turns a Python argument into a tensor, and the norm's
     # full-gradient all-reduce into a tf.cond in every step.
     self._replica_steps = {
-        flag: self._compiled(functools.partial(self.replica_step, with_gradient_norm=flag))
+        flag: self._compiled(functools.partial(self._recorded_step, with_gradient_norm=flag))
         for flag in (False, True)}
     self._min_max = runtime.min_max_over_replicas(strategy)
     # request_stop defers the stop to the next call boundary while `train` runs.
@@ -226,26 +235,39 @@ class TrainLoop(abc.ABC):
       return replica_step
     return tf.function(replica_step, jit_compile=True)
 
-  def _run_step(self, iterator, with_gradient_norm: bool):
-    shares = self.strategy.run(self._replica_steps[with_gradient_norm], args=(next(iterator),))
-    # One value at a time: MultiWorkerMirroredStrategy.reduce does not take a structure.
-    values = tf.stack([self.strategy.reduce(tf.distribute.ReduceOp.SUM, share, axis=None)
-                       for share in shares])  # [len(summary_names) + 1]
-    bad = tf.logical_and(tf.logical_not(tf.math.is_finite(tf.reduce_sum(values[:-1]))),
-                         self.first_bad_step < 0)
-    self.first_bad_step.assign(tf.where(bad, self.optimizer.iterations, self.first_bad_step))
-    return values
+  def _recorded_step(self, features, with_gradient_norm: bool) -> None:
+    """`replica_step`, its values appended to this replica's copy of _step_values (the oldest
+    row drops out): on the device, no communication."""
+    shares = tf.stack(self.replica_step(features, with_gradient_norm))  # [values]
+    rows = self._step_values.value()                         # this replica's copy
+    self._step_values.assign(tf.concat([rows[1:], shares[None]], axis=0))
 
   def _train_loop(self, iterator, num_steps):
-    """`num_steps` steps in one call (>= 1); returns the means of the values and the gradient
-    norm of the last step."""
-    size = len(self.summary_names) + 1
-    totals = tf.zeros([size])
+    """`num_steps` steps in one call, 1 <= num_steps <= train.steps_per_loop.
+
+    Returns:
+      values: [len(summary_names) + 1], the means over the steps of the values summed over the
+        replicas, then the gradient norm of the last step.
+      finite_steps: how many steps came before the first whose summed values (the norm aside)
+        were not finite; num_steps when all were.
+    """
+    tf.debugging.assert_less_equal(
+        num_steps, self.config.train.steps_per_loop,
+        message="a call runs at most train.steps_per_loop steps (the rows of _step_values)")
     for _ in tf.range(num_steps - 1):
-      totals += self._run_step(iterator, with_gradient_norm=False)
-    last = self._run_step(iterator, with_gradient_norm=True)
-    totals += last
-    return tf.concat([totals[:-1] / tf.cast(num_steps, tf.float32), last[-1:]], axis=0)
+      self.strategy.run(self._replica_steps[False], args=(next(iterator),))
+    self.strategy.run(self._replica_steps[True], args=(next(iterator),))
+    # The call's only cross-replica reduction: one tensor (MultiWorkerMirroredStrategy.reduce
+    # takes no structure). Rows before the call's own are older calls' and stay out.
+    rows = self.strategy.reduce(tf.distribute.ReduceOp.SUM, self._step_values, axis=None)
+    rows = tf.convert_to_tensor(rows)[self.config.train.steps_per_loop - num_steps:]
+    # [num_steps, values]: row i is step i's values summed over the replicas, what reducing
+    # each step's values on their own gave; the checks and means below are theirs. A value that
+    # is not finite on one replica is not finite in the sum (NaN and ±inf propagate).
+    finite = tf.math.is_finite(tf.reduce_sum(rows[:, :-1], axis=1))          # [num_steps]
+    finite_steps = tf.reduce_min(tf.where(finite, num_steps, tf.range(num_steps)))
+    means = tf.reduce_sum(rows[:, :-1], axis=0) / tf.cast(num_steps, tf.float32)
+    return tf.concat([means, rows[-1, -1:]], axis=0), finite_steps
 
   def _write_summaries(self, step: int, values, clips_per_s: float) -> None:
     with self.writer.as_default(step=step):
@@ -256,10 +278,12 @@ class TrainLoop(abc.ABC):
       tf.summary.scalar("clips_per_second", clips_per_s)
     self.writer.flush()
 
-  def _check_finite(self) -> None:
-    # first_bad_step holds optimizer.iterations read after the update: the 1-based step number.
-    bad = int(self.first_bad_step.numpy())
-    if bad >= 0:
+  def _check_finite(self, start: int, finite_steps: int, num_steps: int) -> None:
+    """Raises NonFiniteLossError naming the first non-finite step of a call of `num_steps`
+    steps from step `start` that returned `finite_steps` (see _train_loop)."""
+    if finite_steps < num_steps:
+      # 1-based: optimizer.iterations after that step (each step advances it by one).
+      bad = start + finite_steps + 1
       kept = tf.train.latest_checkpoint(self.checkpoint_dir) or "none yet"
       raise NonFiniteLossError(
           f"the loss became NaN or infinite at step {bad}; nothing after the last good "
@@ -298,11 +322,13 @@ class TrainLoop(abc.ABC):
         while self.step < segment_end and not stop:
           # Calls end on log boundaries so every logged line covers whole, equal-sized calls.
           next_log = (self.step // train.log_every_steps + 1) * train.log_every_steps
-          num_steps = min(train.steps_per_loop, segment_end - self.step, next_log - self.step)
+          first = self.step
+          num_steps = min(train.steps_per_loop, segment_end - first, next_log - first)
           start = time.monotonic()
-          values = self._loop(iterator, tf.constant(num_steps)).numpy()
+          values, finite_steps = self._loop(iterator, tf.constant(num_steps))
+          values = values.numpy()
           seconds = time.monotonic() - start
-          self._check_finite()
+          self._check_finite(first, int(finite_steps), num_steps)
           step = self.step
           if step % train.log_every_steps == 0 or step == total:
             clips_per_s = num_steps * clips_per_step / max(seconds, 1e-9)

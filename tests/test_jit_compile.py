@@ -24,7 +24,7 @@ def test_the_xla_compiled_step_equals_the_plain_one(experiment):
     trainer = pretrain.Trainer(config, storage.join("ram://xla", str(jit)),
                                tf.distribute.get_strategy(), log=lambda _: None)
     trainer.restore_initial()
-    values = trainer._loop(iter(trainer.dataset(0)), tf.constant(1)).numpy()
+    values = trainer._loop(iter(trainer.dataset(0)), tf.constant(1))[0].numpy()
     state = (trainer.model.trainable_variables + [trainer.objective.queue]
              + trainer.objective.encoder.model.backbone.weights)
     runs[jit] = values, [v.numpy() for v in state]
