@@ -73,6 +73,14 @@ def coded_video(tmp_path):
   return make
 
 
+def deterministic_run_env(**extra) -> dict:
+  """The environment of a test's `python -m cvrl_tf.*` process for a train.deterministic run:
+  TensorFlow quiet, and oneDNN off as such a run has it. Without TF_ENABLE_ONEDNN_OPTS,
+  cvrl_tf.train imports TensorFlow with oneDNN on and then re-executes itself to turn it off: a
+  second TensorFlow import in every run (test_train's first test keeps that path)."""
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0", **extra)
+
+
 def free_ports(count: int) -> list:
   """`count` TCP ports on 127.0.0.1 that were free a moment ago (for TF_CONFIG clusters)."""
   sockets = [socket.socket() for _ in range(count)]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import deterministic_run_env
 from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
 from cvrl_tf import heads
@@ -55,7 +56,7 @@ def data(tmp_path_factory):
 
 
 def _run(experiment, workdir, *args, check=True):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = deterministic_run_env()
   command = [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
              f"--workdir={workdir}", *args]
   result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO,

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import deterministic_run_env
 from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
 from cvrl_tf import evaluate
@@ -211,7 +212,9 @@ def _write_data(root):
 
 
 def _start(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  # The trainings are deterministic (see deterministic_run_env); the rest run as users run them.
+  env = (deterministic_run_env() if args[:2] == ("-m", "cvrl_tf.train")
+         else dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

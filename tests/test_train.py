@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import deterministic_run_env
 from conftest import free_ports
 from cvrl_tf import schema
 
@@ -61,8 +62,12 @@ def experiment(tmp_path_factory):
   return str(path)
 
 
-def _train(experiment, workdir, *overrides, check=True, **kwargs):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def _train(experiment, workdir, *overrides, check=True, reexec=False, **kwargs):
+  """`python -m cvrl_tf.train` on `experiment`; reexec: leave oneDNN to the entry point, which
+  then re-executes itself to run the deterministic experiment with oneDNN off."""
+  env = deterministic_run_env()
+  if reexec:
+    del env["TF_ENABLE_ONEDNN_OPTS"]
   args = [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
           f"--workdir={workdir}", *[f"--config={o}" for o in overrides]]
   result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
@@ -117,7 +122,9 @@ def test_print_config_shows_the_paper_recipe():
 def four_steps(experiment, tmp_path_factory):
   """A run of 4 steps (checkpoint at 3 and 4); tests copy its workdir before touching it."""
   workdir = str(tmp_path_factory.mktemp("four") / "run")
-  return workdir, _train(experiment, workdir, "train.max_steps=4")
+  # The entry point's own way to a deterministic run (re-executing with oneDNN off) is this
+  # run's; the others set oneDNN off themselves (one TensorFlow import each instead of two).
+  return workdir, _train(experiment, workdir, "train.max_steps=4", reexec=True)
 
 
 def _copy(workdir, tmp_path):
@@ -160,12 +167,12 @@ def six_steps(experiment, tmp_path_factory):
   return workdir
 
 
-# The ρ-SSL objectives keep state beside the weights: MoCo's momentum network and queue (16 keys
-# a step into 32 slots: it wraps around before the kill), SwAV's prototypes (frozen for the first
-# epoch, the run's first 2 steps).
+# The ρ-SSL objectives keep state beside the weights. MoCo has every kind: a momentum network
+# (BYOL's target is the same class), a queue written through merge_call (16 keys a step into 32
+# slots: it wraps around before the kill), and checkpointed objects beside the backbone and head
+# (BYOL's predictor and SwAV's prototypes are checkpointed layers like the head).
 OBJECTIVES = {"simclr": [],
-              "moco": ["objective.name=moco", "objective.queue_size=32", "objective.momentum=0.9"],
-              "swav": ["objective.name=swav", "objective.num_prototypes=5"]}
+              "moco": ["objective.name=moco", "objective.queue_size=32", "objective.momentum=0.9"]}
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVES))
@@ -177,7 +184,7 @@ def test_resume_after_sigkill_ends_with_the_same_state(objective, experiment, si
     reference = str(tmp_path / "reference")
     _train(experiment, reference, *overrides)
   killed = str(tmp_path / "killed")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = deterministic_run_env()
   process = subprocess.Popen(
       [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
        f"--workdir={killed}", *[f"--config={o}" for o in overrides]], cwd=REPO, env=env,
@@ -196,8 +203,8 @@ def test_resume_after_sigkill_ends_with_the_same_state(objective, experiment, si
   assert "resumed from" in resumed.stdout
   expected, got = _state(reference), _state(killed)
   assert sorted(expected) == sorted(got)
-  held = {"moco": ("momentum_backbone/", "momentum_head/", "queue/", "queue_pointer/"),
-          "swav": ("prototypes/",)}.get(objective, ())
+  held = {"moco": ("momentum_backbone/", "momentum_head/", "queue/",
+                   "queue_pointer/")}.get(objective, ())
   assert all(any(name.startswith(prefix) for name in got) for prefix in held), sorted(got)
   for name in expected:
     np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
@@ -449,17 +456,17 @@ def test_the_loop_reduces_across_replicas_once_per_call_to_the_same_values():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["simclr", "moco"])
-def test_two_workers_on_localhost_match_the_single_process_run(objective, experiment, tmp_path):
+def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_path):
   # A real MultiWorkerMirroredStrategy: two processes, TF_CONFIG, collectives over 127.0.0.1.
   # With input_sharding=replicate both hosts see the single-process global batches.
   # A gentle learning rate: at the tiny experiment's own (0.08) the loss swings by 30% a step,
   # which turns float32 rounding differences into visible loss differences within 4 steps.
-  # MoCo: its keys are gathered from both workers into the queue, and the momentum network and
-  # queue are updated on each worker's copy.
+  # MoCo: everything SimCLR's step does across workers (gathered projections, SyncBN, summed
+  # gradients), and its keys are gathered from both workers into the queue, and the momentum
+  # network and queue are updated on each worker's copy.
   overrides = ["train.max_steps=4", "train.steps_per_loop=1", "train.log_every_steps=1",
                "train.input_sharding=replicate", "train.checkpoint_every_steps=2",
-               "optimizer.base_learning_rate=1.28", *OBJECTIVES[objective]]
+               "optimizer.base_learning_rate=1.28", *OBJECTIVES["moco"]]
   single = _train(experiment, str(tmp_path / "single"), *overrides)
   workers = _start_workers(experiment, [str(tmp_path / "multi")] * 2, overrides, tmp_path)
   outputs = _wait(workers, timeout=600)
@@ -475,14 +482,13 @@ def test_two_workers_on_localhost_match_the_single_process_run(objective, experi
   np.testing.assert_allclose(_losses(chief)[0], _losses(single.stdout)[0], atol=1.5e-4)
   np.testing.assert_allclose(_losses(chief), _losses(single.stdout), rtol=5e-4)
   assert tf.train.latest_checkpoint(str(tmp_path / "multi" / "checkpoints")).endswith("ckpt-4")
-  if objective == "moco":
-    # The queue holds both workers' keys in the single process's order (4 steps × 16 keys).
-    expected, got = _state(str(tmp_path / "single")), _state(str(tmp_path / "multi"))
-    queue = [name for name in expected if name.startswith(("queue/", "queue_pointer/"))]
-    assert len(queue) == 2
-    assert [int(got[name]) for name in queue if name.startswith("queue_pointer/")] == [0]  # 64 % 32
-    for name in queue:
-      np.testing.assert_allclose(got[name], expected[name], rtol=2e-3, atol=2e-4, err_msg=name)
+  # The queue holds both workers' keys in the single process's order (4 steps × 16 keys).
+  expected, got = _state(str(tmp_path / "single")), _state(str(tmp_path / "multi"))
+  queue = [name for name in expected if name.startswith(("queue/", "queue_pointer/"))]
+  assert len(queue) == 2
+  assert [int(got[name]) for name in queue if name.startswith("queue_pointer/")] == [0]  # 64 % 32
+  for name in queue:
+    np.testing.assert_allclose(got[name], expected[name], rtol=2e-3, atol=2e-4, err_msg=name)
   assert not os.path.exists(tmp_path / "multi" / "workers")   # scratch copies stay out
   assert os.listdir(tmp_path / "tmp") == []   # and are deleted, folders included
 
@@ -667,7 +673,7 @@ def test_sigterm_saves_mid_segment_and_the_restarted_run_ends_with_the_same_weig
   overrides = []
   reference = six_steps
   stopped = str(tmp_path / "stopped")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = deterministic_run_env()
   with open(tmp_path / "stderr.txt", "w") as stderr:
     process = subprocess.Popen(
         [sys.executable, "-m", "cvrl_tf.train", f"--experiment={experiment}",
@@ -709,9 +715,9 @@ def _start_workers(experiment, workdirs, overrides, tmp_path):
   (tmp_path / "tmp").mkdir(exist_ok=True)
   workers = []
   for index, workdir in enumerate(workdirs):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(tmp_path / "tmp"),
-               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                  "index": index}}))
+    env = deterministic_run_env(
+        TMPDIR=str(tmp_path / "tmp"),
+        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
     # Into files, not pipes: a worker blocked on a full pipe that nobody reads yet (the test
     # waits for worker 0 first) stalls the collectives of both.
     logs = [open(tmp_path / f"worker{index}.{kind}", "w+") for kind in ("out", "err")]
