@@ -113,6 +113,11 @@ def load_or_choose_subset(workdir: str, train_pattern: str, eval_pattern: str, f
   return record["videos"]
 
 
+def _scaled_first(scaled, loss_and_aux):
+  loss, aux = loss_and_aux
+  return scaled(loss), aux
+
+
 class Trainer(loop.TrainLoop):
   """One linear-evaluation or fine-tuning run (config: ClassificationExperimentConfig)."""
 
@@ -190,23 +195,30 @@ class Trainer(loop.TrainLoop):
     training mode sees each chunk's statistics).
     """
     k = self.config.train.microbatches
+    scaled = self.loss_scale.scaled   # S · loss is differentiated (S = 1 unless float16)
     with tf.GradientTape() as tape:
       regularization = self._regularization()
       if k == 1:
         loss, (cross_entropy, correct) = self._cross_entropy(features)
-        loss += regularization
-    if k == 1:
-      gradients = tape.gradient(loss, self.trained_variables)
-    else:
+        loss = scaled(loss + regularization)
+      else:
+        loss = scaled(regularization)
+    gradients = tape.gradient(loss, self.trained_variables)
+    if k > 1:
       chunks = [dict(zip(features, parts)) for parts in
                 zip(*[microbatch.split(value, k) for value in features.values()])]
-      (cross_entropy, correct), gradients = microbatch.accumulate(
-          chunks, self._cross_entropy, self.trained_variables)
-      gradients = microbatch.add(gradients, tape.gradient(regularization, self.trained_variables))
+      (cross_entropy, correct), chunk_gradients = microbatch.accumulate(
+          chunks, lambda chunk: _scaled_first(scaled, self._cross_entropy(chunk)),
+          self.trained_variables)
+      gradients = microbatch.add(chunk_gradients, gradients)
+    gradients, finite = self.loss_scale.unscale(gradients)
     gradient_norm = (self.global_gradient_norm(gradients) if with_gradient_norm
                      else tf.constant(0.0))
-    self.optimizer.apply_gradients(zip(gradients, self.trained_variables))
+    self.loss_scale.apply_if_finite(finite, self._update, gradients)
     return (cross_entropy, regularization, correct, gradient_norm)
+
+  def _update(self, gradients):
+    self.optimizer.apply_gradients(zip(gradients, self.trained_variables))
 
   def dataset(self, segment_start: int, skip_steps: int = 0):
     data = self.config.train_data

@@ -118,7 +118,10 @@ class TrainConfig:
   log_every_steps: int = 10
   checkpoint_every_steps: int = 1000
   keep_checkpoints: int = 5
-  mixed_precision: Literal["float32", "mixed_bfloat16"] = "float32"
+  # float32 compute on any device; mixed_bfloat16 on TPUs and Ampere-or-newer GPUs; mixed_float16
+  # (with dynamic loss scaling: cvrl_tf/loss_scale.py) on GPUs without bfloat16 (V100, T4).
+  # Variables stay float32 in each.
+  mixed_precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
   # Each replica's batch in this many chunks, one chunk's activations in memory at a time: the
   # paper's batch on GPUs. Pretraining keeps every negative of the global batch (the gradient
   # cache, cvrl_tf/microbatch.py); classification sums the chunks' gradients. Training-mode BN

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
+from cvrl_tf import loss_scale
 from cvrl_tf import runtime
 from cvrl_tf import storage
 
@@ -111,6 +112,8 @@ class TrainLoop(abc.ABC):
           f"{self.per_replica_batch} (train.global_batch_size={config.train.global_batch_size} "
           f"over {self.replicas} replicas); use a divisor of {self.per_replica_batch}")
     with strategy.scope():
+      # Before build: the steps scale their losses with it (loss_scale.py).
+      self.loss_scale = loss_scale.for_precision(config.train.mixed_precision)
       objects = self.build()
       # [steps_per_loop, values]: each replica's values of its last steps, newest last, in its
       # own copy on its own device. Sync-on-read with SUM, as Keras metrics are: a replica writes
@@ -121,7 +124,7 @@ class TrainLoop(abc.ABC):
           tf.zeros([config.train.steps_per_loop, len(self.summary_names) + 1]),
           trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
           aggregation=tf.VariableAggregation.SUM)
-    self.checkpoint = tf.train.Checkpoint(**objects)
+    self.checkpoint = tf.train.Checkpoint(**objects, **self.loss_scale.checkpoint_objects())
     # Every worker restores from the chief's checkpoints (all workers must resume at the same
     # step); saving is collective, and runtime.save_checkpoint keeps only the chief's copy.
     self.checkpoint_dir = storage.join(workdir, "checkpoints")
@@ -276,6 +279,8 @@ class TrainLoop(abc.ABC):
       tf.summary.scalar("learning_rate", float(self.schedule(step - 1)))
       tf.summary.scalar("gradient_norm", float(values[-1]))
       tf.summary.scalar("clips_per_second", clips_per_s)
+      for name, value in self.loss_scale.summaries().items():
+        tf.summary.scalar(name, value)
     self.writer.flush()
 
   def _check_finite(self, start: int, finite_steps: int, num_steps: int) -> None:
@@ -289,6 +294,16 @@ class TrainLoop(abc.ABC):
           f"the loss became NaN or infinite at step {bad}; nothing after the last good "
           f"checkpoint was saved: {kept}. Lower optimizer.base_learning_rate (or lengthen "
           "optimizer.warmup_epochs) or check the input data")
+
+  def _check_loss_scale(self) -> None:
+    # Halved on every overflow: below 1, float16 overflows even unscaled (a forward pass whose
+    # values exceed 65504 gives a non-finite loss and stops in _check_finite instead).
+    scale = self.loss_scale.summaries().get("loss_scale", 1.0)
+    if scale < 1.0:
+      raise NonFiniteLossError(
+          f"the gradients overflowed float16 at every loss scale down to {scale * 2:g} (step "
+          f"{self.step}, {self.loss_scale.summaries()['skipped_steps']:.0f} steps skipped); "
+          "train with train.mixed_precision=mixed_bfloat16 or float32")
 
   def progress_line(self, step: int, total: int, values, clips_per_s: float, eta: float) -> str:
     """The logged line; `values` as summary_names (means over the logged steps)."""
@@ -314,10 +329,17 @@ class TrainLoop(abc.ABC):
     try:
       self._training = True
       while self.step < total:
-        # A run resumed inside a segment reads on in that segment's pipeline.
+        # A run resumed inside a segment reads on in that segment's pipeline. A step skipped
+        # for a float16 overflow consumed a batch without advancing the step: the segment's
+        # data_offset counts them, so a resumed run passes over exactly the batches the
+        # uninterrupted one consumed (the segment then reads more than `every` batches).
+        # Counting consumed batches, rather than retrying a batch inside the step, keeps the
+        # step a fixed graph (no loop around forward and backward, BN updates and
+        # collectives) on every strategy, TPU included.
         segment_start = self.step // every * every
         segment_end = min(total, segment_start + every)
-        iterator = iter(self.dataset(segment_start, self.step - segment_start))
+        iterator = iter(self.dataset(
+            segment_start, self.step - segment_start + self.loss_scale.data_offset()))
         stop = False
         while self.step < segment_end and not stop:
           # Calls end on log boundaries so every logged line covers whole, equal-sized calls.
@@ -329,6 +351,7 @@ class TrainLoop(abc.ABC):
           values = values.numpy()
           seconds = time.monotonic() - start
           self._check_finite(first, int(finite_steps), num_steps)
+          self._check_loss_scale()
           step = self.step
           if step % train.log_every_steps == 0 or step == total:
             clips_per_s = num_steps * clips_per_step / max(seconds, 1e-9)
@@ -340,6 +363,8 @@ class TrainLoop(abc.ABC):
             last.update({name: float(v) for name, v in zip(self.summary_names, values)})
             self.log(self.progress_line(step, total, values, clips_per_s, eta))
           stop = self._stop_agreed()
+        if self.step % every == 0:   # a data-segment boundary (not only max_steps' end)
+          self.loss_scale.start_segment()   # saved with it: a resume here reads from 0
         saved = self._save()
         if not stop:
           self.on_segment_end(self.step)

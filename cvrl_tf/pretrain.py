@@ -143,12 +143,12 @@ class Trainer(loop.TrainLoop):
 
   def _loss_and_gradients(self, features, step):
     """(StepOutputs, regularization share, gradients of self.variables) of the whole batch, in
-    one piece."""
+    one piece; the gradients are of S · loss (S the loss scale, 1 unless float16)."""
     with tf.GradientTape() as tape:
       out = self.objective.loss(self._clips(features), step)
       regularization = self._regularization()
       # `out.loss` is already this replica's share of the global-mean loss (see losses.py).
-      loss = out.loss + regularization
+      loss = self.loss_scale.scaled(out.loss + regularization)
     return out, regularization, tape.gradient(loss, self.variables)
 
   def _microbatched_loss_and_gradients(self, features, step):
@@ -160,7 +160,10 @@ class Trainer(loop.TrainLoop):
 
     def loss_on(projections, targets):
       out = self.objective.loss_on(projections, targets, step)
-      return out.loss, out
+      # Scaled here, the gradient with respect to the projections (float32) is S · G, and each
+      # chunk's backward pass through the float16 network carries it: the sum of the chunks'
+      # gradients is that of S · loss, as in one piece.
+      return self.loss_scale.scaled(out.loss), out
 
     online = [self.model.backbone, self.model.head]
     out, gradients = microbatch.gradient_cache(
@@ -169,8 +172,10 @@ class Trainer(loop.TrainLoop):
         reset_after_forward=[v for layer in online for v in layer.non_trainable_weights])
     with tf.GradientTape() as tape:
       regularization = self._regularization()
+      scaled_regularization = self.loss_scale.scaled(regularization)
     if self.config.optimizer.name == "sgd":
-      gradients = microbatch.add(gradients, tape.gradient(regularization, self.variables))
+      gradients = microbatch.add(gradients,
+                                 tape.gradient(scaled_regularization, self.variables))
     return out, regularization, gradients
 
   def replica_step(self, features, with_gradient_norm: bool):
@@ -182,12 +187,18 @@ class Trainer(loop.TrainLoop):
       out, regularization, gradients = self._microbatched_loss_and_gradients(features, step)
     else:
       out, regularization, gradients = self._loss_and_gradients(features, step)
+    # ÷ S: from here on the gradients of the loss; not finite on some replica: skip the step.
+    gradients, finite = self.loss_scale.unscale(gradients)
     gradients = self.objective.gradients(gradients, self.variables, step)
     gradient_norm = (self.global_gradient_norm(gradients) if with_gradient_norm
                      else tf.constant(0.0))
-    self.optimizer.apply_gradients(zip(gradients, self.variables))
-    self.objective.after_update(out.state, step)
+    self.loss_scale.apply_if_finite(finite, self._update, gradients, out.state, step)
     return (out.loss, regularization, *out.metrics, gradient_norm)
+
+  def _update(self, gradients, state, step):
+    """The optimizer step, then the objective's (momentum network, queue, prototypes)."""
+    self.optimizer.apply_gradients(zip(gradients, self.variables))
+    self.objective.after_update(state, step)
 
   # ---- the data
 

@@ -112,10 +112,15 @@ def min_max_over_replicas(strategy: tf.distribute.Strategy
   return min_max
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
 def set_precision(policy: str) -> None:
-  """float32 or mixed_bfloat16 (bfloat16 compute, float32 variables; the loss stays float32)."""
-  if policy not in ("float32", "mixed_bfloat16"):
-    raise ValueError(f"mixed_precision must be float32 or mixed_bfloat16, got {policy!r}")
+  """float32, mixed_bfloat16 or mixed_float16 (16-bit compute, float32 variables; the pooled
+  features, the heads' outputs, the losses and BN statistics stay float32). mixed_float16 needs
+  loss scaling, which the training loop adds (cvrl_tf/loss_scale.py)."""
+  if policy not in PRECISIONS:
+    raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {policy!r}")
   keras.mixed_precision.set_global_policy(policy)
 
 
