@@ -52,13 +52,14 @@ def after(dependencies, structure):
     return tf.nest.map_structure(tf.identity, structure)
 
 
-def in_sequence(inputs: Sequence, fn: Callable) -> list:
+def in_sequence(inputs: Sequence, fn: Callable, start_after=None) -> list:
   """[fn(0, inputs[0]), fn(1, inputs[1]), ...], each call's inputs waiting for the previous
-  call's outputs."""
+  call's outputs, the first call's for `start_after` (a nest of tensors) when given."""
   outputs = []
   for i, chunk in enumerate(inputs):
-    if outputs:
-      chunk = after(outputs[-1], chunk)
+    previous = outputs[-1] if outputs else start_after
+    if previous is not None:
+      chunk = after(previous, chunk)
     outputs.append(fn(i, chunk))
   return outputs
 
@@ -111,8 +112,10 @@ def gradient_cache(chunks: Sequence, embed: Callable, targets: Callable, loss_on
       surrogate = tf.reduce_sum(embed(chunk) * parts[i])
     return chunk_tape.gradient(surrogate, list(variables))
 
+  # The second pass waits for G: its first chunk's forward would otherwise start with the first
+  # pass and hold its activations through it, for the whole batch's loss.
   totals = [None] * len(variables)
-  for gradients in in_sequence(chunks, backward):
+  for gradients in in_sequence(chunks, backward, start_after=embedding_gradient):
     totals = add(totals, gradients)
   return aux, totals + list(loss_gradients)
 

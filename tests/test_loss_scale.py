@@ -65,7 +65,9 @@ def _flat(gradients):
   return np.concatenate([g.ravel() for g in gradients])
 
 
-@pytest.mark.parametrize("microbatches", [1, 2])
+# Through the gradient cache, the longer way S travels (the one-piece step's scaling is in (a),
+# (b) and (c)); one parametrisation for the suite's time.
+@pytest.mark.parametrize("microbatches", [2])
 def test_unscaled_gradients_are_the_loss_gradients_bit_for_bit(microbatches):
   # The scaling itself, without float16's rounding: the float32 policy with the loss scale of a
   # mixed_float16 config. S · loss through the whole backward pass, then ÷ S, is the gradient of
@@ -220,10 +222,11 @@ def _classifier(policy, microbatches):
   return trainer, features
 
 
-@pytest.mark.parametrize("microbatches", [1, 2])
+@pytest.mark.parametrize("microbatches", [1])
 def test_a_float16_fine_tuning_step_matches_float32(microbatches):
-  # (d) Classification (fine-tuning: the backbone trains in float16 too), one piece and in
-  # gradient accumulation.
+  # (d) Classification (fine-tuning: the backbone trains in float16 too) in one piece, what
+  # fine-tuning runs by default (gradient accumulation's float16 step: microbatches=2 passes too,
+  # left out of the suite for its time).
   runs = {}
   for policy in ("float32", "mixed_float16"):
     trainer, features = _classifier(policy, microbatches)
