@@ -97,8 +97,8 @@ def plain_conv3d_r3d50() -> keras.Model:
   return keras.Model(inputs, {"pooled": pooled})
 
 
-def build_network(mode: str):
-  """(backbone, classifier) of `mode` under its precision policy, seeded alike for every mode."""
+def make_train_step(mode: str):
+  """A warmed-up `step()` of `mode` that runs one forward + backward + SGD update."""
   precision = "mixed_bfloat16" if mode.startswith("bf16") else "float32"
   keras.mixed_precision.set_dtype_policy(precision)
   try:
@@ -108,12 +108,6 @@ def build_network(mode: str):
     classifier = keras.layers.Dense(CLASSES, dtype="float32")
   finally:
     keras.mixed_precision.set_dtype_policy("float32")
-  return backbone, classifier
-
-
-def make_train_step(mode: str):
-  """A warmed-up `step()` of `mode` that runs one forward + backward + SGD update."""
-  backbone, classifier = build_network(mode)
   optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
   clips = tf.random.uniform([_BATCH.value, FRAMES, SIZE, SIZE, 3], seed=1)
   labels = tf.random.uniform([_BATCH.value], 0, CLASSES, tf.int32, seed=2)
@@ -144,7 +138,15 @@ def make_jax_train_step(mode: str):
   """`make_train_step` under the JAX backend: the same network, loss and SGD, as one jax.jit of
   forward + jax.value_and_grad + optimizer.stateless_apply over explicit variable values."""
   import jax  # pylint: disable=g-import-not-at-top
-  backbone, classifier = build_network(mode)
+  precision = "mixed_bfloat16" if mode.startswith("bf16") else "float32"
+  keras.mixed_precision.set_dtype_policy(precision)
+  try:
+    keras.utils.set_random_seed(0)
+    backbone = (plain_conv3d_r3d50() if mode.startswith("baseline")
+                else resnet3d.ResNet3D(depth=50))
+    classifier = keras.layers.Dense(CLASSES, dtype="float32")
+  finally:
+    keras.mixed_precision.set_dtype_policy("float32")
   optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
   rng = np.random.default_rng(1)
   clips = jax.numpy.asarray(

@@ -81,30 +81,6 @@ def deterministic_run_env(**extra) -> dict:
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ENABLE_ONEDNN_OPTS="0", **extra)
 
 
-# A pretraining experiment built in milliseconds: the demo's recipe on a tiny network and clips.
-TINY_PRETRAINING = [
-    "train.global_batch_size=8", "data.num_frames=4", "data.crop_size=16", "model.depth=18",
-    "model.width_multiplier=0.125", "model.head_hidden_sizes=8", "model.head_output_size=8",
-    "objective.queue_size=16", "objective.num_prototypes=8"]
-
-
-def tiny_pretrainer(*overrides, workdir: str = "ram://tiny_pretrainer"):
-  """(pretrain.Trainer of TINY_PRETRAINING + overrides on one device, initialised from seed 0,
-  a fixed batch of its views [8, 4, 16, 16, 3])."""
-  import keras
-  import tensorflow as tf
-  from cvrl_tf import config as cfg
-  from cvrl_tf import pretrain
-  keras.utils.set_random_seed(0)
-  config = cfg.load_experiment("demo", TINY_PRETRAINING + list(overrides))
-  trainer = pretrain.Trainer(config, workdir, tf.distribute.get_strategy(), log=lambda _: None)
-  trainer.restore_initial()
-  rng = np.random.default_rng(0)
-  features = {name: tf.constant(rng.uniform(size=(8, 4, 16, 16, 3)), tf.float32)
-              for name in config.data.view_names}
-  return trainer, features
-
-
 def free_ports(count: int) -> list:
   """`count` TCP ports on 127.0.0.1 that were free a moment ago (for TF_CONFIG clusters)."""
   sockets = [socket.socket() for _ in range(count)]

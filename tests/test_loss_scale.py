@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_PRETRAINING
-from conftest import tiny_pretrainer
 from cvrl_tf import classify
 from cvrl_tf import config as cfg
 from cvrl_tf import loss_scale
@@ -24,6 +22,9 @@ from cvrl_tf import pretrain
 from cvrl_tf import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["train.global_batch_size=8", "data.num_frames=4", "data.crop_size=16", "model.depth=18",
+        "model.width_multiplier=0.125", "model.head_hidden_sizes=8", "model.head_output_size=8",
+        "objective.queue_size=16"]
 TINY_CLASSIFY = ["task=finetune", "evaluation.allow_random_backbone=true",
                  "train.global_batch_size=8", "train_data.num_frames=4", "train_data.crop_size=16",
                  "model.depth=18", "model.width_multiplier=0.125", "optimizer.warmup_epochs=0"]
@@ -38,8 +39,15 @@ def float32_afterwards():
 def _pretrainer(policy, *overrides, workdir="ram://loss_scale"):
   """A tiny demo-shaped pretraining Trainer in `policy` (the config asks for it too)."""
   runtime.set_precision(policy)
-  return tiny_pretrainer(f"train.mixed_precision={policy}", *overrides,
-                         workdir=f"{workdir}/{policy}")
+  keras.utils.set_random_seed(0)
+  config = cfg.load_experiment("demo", TINY + [f"train.mixed_precision={policy}", *overrides])
+  trainer = pretrain.Trainer(config, f"{workdir}/{policy}", tf.distribute.get_strategy(),
+                             log=lambda _: None)
+  trainer.restore_initial()
+  rng = np.random.default_rng(0)
+  features = {name: tf.constant(rng.uniform(size=(8, 4, 16, 16, 3)), tf.float32)
+              for name in config.data.view_names}
+  return trainer, features
 
 
 def _gradients(trainer, features):
@@ -72,7 +80,7 @@ def test_unscaled_gradients_are_the_loss_gradients_bit_for_bit(microbatches):
   expected_loss, expected = _gradients(plain, features)
   runtime.set_precision("float32")
   keras.utils.set_random_seed(0)
-  config = cfg.load_experiment("demo", TINY_PRETRAINING + ["train.mixed_precision=mixed_float16",
+  config = cfg.load_experiment("demo", TINY + ["train.mixed_precision=mixed_float16",
                                                *overrides])
   scaled = pretrain.Trainer(config, "ram://loss_scale/scaled", tf.distribute.get_strategy(),
                             log=lambda _: None)

@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_PRETRAINING
-from conftest import tiny_pretrainer
 from cvrl_tf import config as cfg
 from cvrl_tf import losses
 from cvrl_tf import microbatch
 from cvrl_tf import pretrain
+
+TINY = ["train.global_batch_size=8", "data.num_frames=4", "data.crop_size=16", "model.depth=18",
+        "model.width_multiplier=0.125", "model.head_hidden_sizes=8", "model.head_output_size=8",
+        "objective.queue_size=16", "objective.num_prototypes=8"]
 
 
 def _dense_network(seed):
@@ -78,7 +80,15 @@ def test_accumulated_gradient_equals_the_whole_batch_gradient():
 
 
 def _trainer(objective, *overrides):
-  return tiny_pretrainer(f"objective.name={objective}", *overrides, workdir="ram://microbatch")
+  keras.utils.set_random_seed(0)
+  config = cfg.load_experiment("demo", TINY + [f"objective.name={objective}", *overrides])
+  trainer = pretrain.Trainer(config, "ram://microbatch", tf.distribute.get_strategy(),
+                             log=lambda _: None)
+  trainer.restore_initial()
+  rng = np.random.default_rng(0)
+  features = {name: tf.constant(rng.uniform(size=(8, 4, 16, 16, 3)), tf.float32)
+              for name in config.data.view_names}
+  return trainer, features
 
 
 def _bn_layers(trainer):
@@ -136,7 +146,7 @@ def test_moving_statistics_take_one_update_per_chunk():
 
 
 def test_microbatches_must_split_the_per_replica_batch():
-  config = cfg.load_experiment("demo", TINY_PRETRAINING + ["train.microbatches=3"])
+  config = cfg.load_experiment("demo", TINY + ["train.microbatches=3"])
   with pytest.raises(cfg.ConfigError, match="microbatches=3 does not split the per-replica "
                                             "batch of 8"):
     pretrain.Trainer(config, "ram://microbatch_bad", tf.distribute.get_strategy())
