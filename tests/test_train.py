@@ -386,23 +386,6 @@ def test_workers_that_restored_different_steps_are_named():
   assert "not shared" in message or "shared storage" in message
 
 
-def test_a_non_chief_saves_into_scratch_that_is_removed_folder_included(tmp_path, monkeypatch):
-  import tempfile
-  from cvrl_tf import runtime
-  scratch_root = tmp_path / "tmp"
-  scratch_root.mkdir()
-  monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
-  checkpoint = tf.train.Checkpoint(v=tf.Variable(3.0))
-  manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "run" / "checkpoints"),
-                                       max_to_keep=2)
-  runtime.save_checkpoint(manager, 5, _NonChief())
-  assert not (tmp_path / "run").exists()        # the run's directory is the chief's
-  assert list(scratch_root.iterdir()) == []     # the scratch copy is gone, folder included
-  assert int(checkpoint.save_counter.numpy()) == 1   # saved as the chief does (collectively)
-  runtime.save_checkpoint(manager, 5, tf.distribute.get_strategy())
-  assert manager.latest_checkpoint.endswith("ckpt-5")
-
-
 @pytest.mark.parametrize("name, moved", [
     ("cvrl_k600", ["data.reader.file_pattern"]),
     ("cvrl_k600_linear_eval", ["train_data.reader.file_pattern",

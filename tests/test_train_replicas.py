@@ -246,6 +246,23 @@ class _NonChief:
       return tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]})
 
 
+def test_a_non_chief_saves_into_scratch_that_is_removed_folder_included(tmp_path, monkeypatch):
+  import tempfile
+  from cvrl_tf import runtime
+  scratch_root = tmp_path / "tmp"
+  scratch_root.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+  checkpoint = tf.train.Checkpoint(v=tf.Variable(3.0))
+  manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "run" / "checkpoints"),
+                                       max_to_keep=2)
+  runtime.save_checkpoint(manager, 5, _NonChief())
+  assert not (tmp_path / "run").exists()        # the run's directory is the chief's
+  assert list(scratch_root.iterdir()) == []     # the scratch copy is gone, folder included
+  assert int(checkpoint.save_counter.numpy()) == 1   # saved as the chief does (collectively)
+  runtime.save_checkpoint(manager, 5, tf.distribute.get_strategy())
+  assert manager.latest_checkpoint.endswith("ckpt-5")
+
+
 def _start_workers(experiment, workdirs, overrides, tmp_path):
   """Two MultiWorkerMirrored workers on 127.0.0.1; their scratch files go to tmp_path/tmp."""
   import json
