@@ -291,7 +291,8 @@ def _map_examples(dataset, process, reader: ReaderConfig, seed: int, counter, tr
     with tf.control_dependencies([done]):
       return tf.nest.map_structure(tf.identity, outputs)
 
-  dataset = dataset.map(counted, num_parallel_calls=AUTOTUNE,
+  dataset = dataset.map(tf.autograph.experimental.do_not_convert(counted),
+                        num_parallel_calls=AUTOTUNE,
                         deterministic=reader.deterministic or not training)
   if reader.skip_corrupt:
     dataset = dataset.ignore_errors(log_warning=True)
