@@ -40,6 +40,7 @@ if TF_BACKEND:
 
 # Residual blocks per stage (res2, res3, res4, res5).
 BLOCKS = {
+    10: (1, 1, 1, 1),      # ResNet-10 (Hara et al.'s 3D-ResNets): quick studies and tests
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
     50: (3, 4, 6, 3),
@@ -185,7 +186,7 @@ class BasicBlock3D(_ResidualBlock):
     return self.norm2(self.conv2(y), training=training)
 
 
-BLOCK_CLASS = {18: BasicBlock3D, 34: BasicBlock3D, 50: BottleneckBlock3D,
+BLOCK_CLASS = {10: BasicBlock3D, 18: BasicBlock3D, 34: BasicBlock3D, 50: BottleneckBlock3D,
                101: BottleneckBlock3D, 152: BottleneckBlock3D, 200: BottleneckBlock3D}
 
 
@@ -222,7 +223,7 @@ class ResNet3D(keras.Model):
   """3D ResNet backbone returning named endpoints.
 
   Args:
-    depth: one of BLOCKS (18, 34 basic blocks; 50, 101, 152, 200 bottlenecks).
+    depth: one of BLOCKS (10, 18, 34 basic blocks; 50, 101, 152, 200 bottlenecks).
     width_multiplier: scales the stem and every stage's filters (1×, 2×, 4× in the paper).
     stem_filters: int, overrides 64 × width_multiplier.
     stage_filters: 4 ints, inner width of res2..res5; overrides STAGE_FILTERS × width_multiplier.

@@ -101,3 +101,17 @@ def local_folders_named_like_urls(*roots) -> list:
       subdirectories[:] = [d for d in subdirectories if d not in (".git", ".venv")]
       found += [os.path.join(directory, d) for d in subdirectories if d.endswith(":")]
   return found
+
+
+# The files whose tests take longest, first. `make test` runs pytest-xdist with --dist loadfile,
+# which hands whole files to the two workers in collection order: a long file handed out last
+# runs alone while the other worker idles.
+_LONGEST_FIRST = ("test_train.py", "test_train_replicas.py", "test_export.py",
+                  "test_jit_compile.py", "test_cloud_storage.py", "test_classify.py",
+                  "test_objectives.py", "test_evaluate.py", "test_loss_scale.py",
+                  "test_microbatch.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: order within kept

@@ -237,7 +237,7 @@ CLIP = dict(num_frames=4, stride=2)
 
 
 def model():
-  return cfg.ModelConfig(depth=18, stem_filters=4, stage_filters=(4, 8, 8, 8),
+  return cfg.ModelConfig(depth=10, stem_filters=4, stage_filters=(4, 8, 8, 8),
                          sync_batch_norm=True, head_hidden_sizes=(16,), head_output_size=8)
 
 

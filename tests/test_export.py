@@ -35,7 +35,7 @@ from cvrl_tf import storage
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
 
-MODEL = ("cfg.ModelConfig(depth=18, stem_filters=4, stage_filters=(4, 8, 8, 8), "
+MODEL = ("cfg.ModelConfig(depth=10, stem_filters=4, stage_filters=(4, 8, 8, 8), "
          "sync_batch_norm=True, head_hidden_sizes=(16,), head_output_size=8)")
 
 PRETRAIN = f'''

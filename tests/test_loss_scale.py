@@ -22,12 +22,12 @@ from cvrl_tf import pretrain
 from cvrl_tf import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["train.global_batch_size=8", "data.num_frames=4", "data.crop_size=16", "model.depth=18",
+TINY = ["train.global_batch_size=8", "data.num_frames=4", "data.crop_size=16", "model.depth=10",
         "model.width_multiplier=0.125", "model.head_hidden_sizes=8", "model.head_output_size=8",
         "objective.queue_size=16"]
 TINY_CLASSIFY = ["task=finetune", "evaluation.allow_random_backbone=true",
                  "train.global_batch_size=8", "train_data.num_frames=4", "train_data.crop_size=16",
-                 "model.depth=18", "model.width_multiplier=0.125", "optimizer.warmup_epochs=0"]
+                 "model.depth=10", "model.width_multiplier=0.125", "optimizer.warmup_epochs=0"]
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ def get_config():
           reader=input_pipeline.ReaderConfig(file_pattern={pattern!r}, shuffle_buffer_size=16,
                                              cycle_length=2),
           num_frames=4, stride=2, crop_size=32, use_xla=False),
-      model=cfg.ModelConfig(depth=18, stem_filters=4, stage_filters=(4, 8, 8, 8),
+      model=cfg.ModelConfig(depth=10, stem_filters=4, stage_filters=(4, 8, 8, 8),
                             sync_batch_norm=True, head_hidden_sizes=(16,), head_output_size=8),
       optimizer=cfg.OptimizerConfig(name="lars", base_learning_rate=0.32 * 32,
                                     warmup_epochs=1),

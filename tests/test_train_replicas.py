@@ -23,50 +23,8 @@ from test_train import experiment  # noqa: F401  (the fixture: tiny records and 
 from test_train import four_steps  # noqa: F401  (the fixture: a 4-step run)
 
 
-MIRRORED_SCRIPT = '''
-import json, sys, tempfile
-import numpy as np
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras
-from cvrl_tf import config as cfg, pretrain
-results = {}
-for name in ("one", "two"):
-  keras.utils.set_random_seed(1)
-  config = cfg.load_experiment(sys.argv[1], ["train.max_steps=1"])
-  strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name == "two"
-              else tf.distribute.OneDeviceStrategy("/cpu:0"))
-  trainer = pretrain.Trainer(config, tempfile.mkdtemp(), strategy, log=lambda _: None)
-  values = trainer._loop(iter(trainer.dataset(0)), tf.constant(1))[0].numpy()
-  results[name] = {"values": values.tolist(),
-                   "weights": [v.numpy().tolist() for v in trainer.model.trainable_variables]}
-print(json.dumps(results))
-'''
-
-
-def test_two_replicas_train_like_one_replica_on_the_whole_batch(experiment):
-  # Two logical CPU devices make a real MirroredStrategy: per-replica batches of 4 against one
-  # replica with the global batch of 8. The data, SyncBN statistics, gathered negatives and the
-  # summed gradients must make the step the same.
-  import json
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, experiment], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  runs = json.loads(result.stdout.strip().splitlines()[-1])
-  one, two = np.array(runs["one"]["values"]), np.array(runs["two"]["values"])
-  # [loss, regularization, contrast accuracy, contrast entropy, gradient norm]
-  np.testing.assert_allclose(two[:4], one[:4], rtol=1e-5, atol=1e-6)
-  # The norm sums ~10^4 squared gradients of order 1: float32 summation order alone moves it by
-  # ~1e-5 relative (measured 1.5e-5).
-  np.testing.assert_allclose(two[4], one[4], rtol=5e-5)
-  for a, b in zip(runs["one"]["weights"], runs["two"]["weights"]):
-    np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-5)
-
-
-LOOP_REDUCTIONS_SCRIPT = '''
-import functools, json, sys, tempfile, threading
+LOOP_SCRIPT = """
+import dataclasses, functools, json, sys, tempfile, threading
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -88,7 +46,7 @@ def spy(self, reduce_op, value, *args, **kwargs):
 tf.distribute.ReductionToOneDevice.reduce_implementation = spy
 
 def counted(step):
-  """`step`, marked as inside a replica step while any replica (thread) runs it."""
+  \"\"\"`step`, marked as inside a replica step while any replica (thread) runs it.\"\"\"
   @tf.autograph.experimental.do_not_convert   # its source is not in a file; the step needs none
   def run(*args, **kwargs):
     with lock:
@@ -100,13 +58,16 @@ def counted(step):
         inside[0] -= 1
   return run
 
-config = tiny_config("simclr", num_clips=2, batch=8)   # train.steps_per_loop = 10
+# train.steps_per_loop = 10. A gentle learning rate: the later steps compare the earlier ones'
+# updates, and float32 differences of the gradients (2 replicas against 1) grow with the step.
+config = tiny_config("simclr", num_clips=2, batch=8)
+config = dataclasses.replace(config, optimizer=dataclasses.replace(
+    config.optimizer, base_learning_rate=0.05))
 batches = [views(config, seed) for seed in range(7)]
 # The second call's third step (global batch 5) sees NaN clips on replica 1 only.
 batches[5] = {k: tf.concat([v[:4], v[4:] * np.nan], axis=0) for k, v in batches[5].items()}
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
-def make_trainer():
+def make_trainer(strategy):
   keras.utils.set_random_seed(1)
   trainer = pretrain.Trainer(config, tempfile.mkdtemp(), strategy, log=lambda _: None)
   trainer.restore()
@@ -115,7 +76,7 @@ def make_trainer():
   return trainer, iter(strategy.experimental_distribute_dataset(dataset))
 
 results = {"calls": [], "reference": []}
-trainer, iterator = make_trainer()
+trainer, iterator = make_trainer(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
 trainer._replica_steps = {flag: counted(step) for flag, step in trainer._replica_steps.items()}
 for num_steps in (3, 4):
   values, finite_steps = trainer._loop(iterator, tf.constant(num_steps))
@@ -123,34 +84,35 @@ for num_steps in (3, 4):
                            "step": int(trainer.optimizer.iterations.numpy())})
   if num_steps == 3:
     results["weights"] = [v.numpy().tolist() for v in trainer.variables]
-results["loop"], reductions[:] = list(reductions), []
+results["loop"] = list(reductions)
 
-# The reference: each step on its own, each value reduced on its own, as the loop did before.
-reference, iterator = make_trainer()
+# The reference: one replica on the whole batch, each step on its own (nothing to reduce).
+reference, iterator = make_trainer(tf.distribute.OneDeviceStrategy("/cpu:0"))
 @tf.function
 def reference_step(iterator, with_gradient_norm):
-  step = counted(functools.partial(reference.replica_step, with_gradient_norm=with_gradient_norm))
-  shares = strategy.run(step, args=(next(iterator),))
-  return tf.stack([strategy.reduce("SUM", share, axis=None) for share in shares])
+  step = functools.partial(reference.replica_step, with_gradient_norm=with_gradient_norm)
+  return tf.stack(reference.strategy.run(step, args=(next(iterator),)))
 for num_steps in (3, 4):
   results["reference"].append(
       [reference_step(iterator, i == num_steps - 1).numpy().tolist() for i in range(num_steps)])
   if num_steps == 3:
     results["reference_weights"] = [v.numpy().tolist() for v in reference.variables]
-results["reference_reductions"] = list(reductions)
 print(json.dumps(results))
-'''
+"""
 
 
-def test_the_loop_reduces_across_replicas_once_per_call_to_the_same_values():
-  # Each replica keeps its values of every step on its device; the loop sums them over the
-  # replicas once per call (one [steps_per_loop, values] tensor), where it used to reduce every
-  # value of every step on its own. Under a real MirroredStrategy (two logical CPUs), against
-  # that per-step reduction written out: the same means, last gradient norm and weights, and the
-  # exact first non-finite step when only one replica's clips are NaN.
+def test_two_replicas_train_like_one_and_the_loop_reduces_once_per_call():
+  # Two logical CPU devices make a real MirroredStrategy: per-replica batches of 4 against one
+  # replica with the global batch of 8, step by step. SyncBN statistics, gathered negatives and
+  # summed gradients must make the steps the same. Each replica keeps its values of every step
+  # on its device; the loop sums them over the replicas once per call (one [steps_per_loop,
+  # values] tensor), where it used to reduce every value of every step on its own: the same
+  # means, last gradient norm and weights, and the exact first non-finite step when only one
+  # replica's clips are NaN. (Real records split over replicas: test_train.py's
+  # test_replicated_input_is_order_stable_and_split_by_rows.)
   import json
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-c", LOOP_REDUCTIONS_SCRIPT], capture_output=True,
+  result = subprocess.run([sys.executable, "-c", LOOP_SCRIPT], capture_output=True,
                           text=True, cwd=REPO, env=env, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   runs = json.loads(result.stdout.strip().splitlines()[-1])
@@ -159,22 +121,23 @@ def test_the_loop_reduces_across_replicas_once_per_call_to_the_same_values():
   assert values == 6
   # 1) One reduction per call outside the replica steps (traced once for both calls), of one
   #    [steps_per_loop, values] tensor, after the loop (not in the while body, where it would
-  #    run every step). The same spy sees the per-step reduction's `values` reductions a step.
+  #    run every step).
   loop_outside = [(graph, shape) for inside, graph, shape in runs["loop"] if not inside]
   assert len(loop_outside) == 1, loop_outside
   ((graph, shape),) = loop_outside
   assert shape == [10, values] and "while" not in graph, loop_outside
-  reference_outside = [shape for inside, _, shape in runs["reference_reductions"] if not inside]
-  assert reference_outside == [[]] * (2 * values)          # two traced steps (norm or not)
-  # 2) The first call's values: the means of 3 steps and the last step's norm, as the per-step
-  #    reduction gives them (float32: only the order of the sum over steps differs).
+  # 2) The first call's values: the means of 3 steps and the last step's norm. The norm sums
+  #    ~10^4 squared gradients through SyncBN over a few 1×1 maps of res5: float32 summation
+  #    order alone moves it by up to ~1e-3 relative; a share or gather error moves it by factors.
   first, second = runs["calls"]
   reference = np.array(runs["reference"][0])                                 # [3, values]
-  expected = np.concatenate([reference[:, :-1].mean(axis=0), reference[-1:, -1]])
-  np.testing.assert_allclose(first["values"], expected, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(first["values"][:-1], reference[:, :-1].mean(axis=0), rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(first["values"][-1], reference[-1, -1], rtol=2e-3)
   assert first["finite_steps"] == 3 and first["step"] == 3
+  # The variables after three steps of ~1e-2: the same float32 noise moves them by ~1e-4.
   for a, b in zip(runs["weights"], runs["reference_weights"]):
-    np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-3, atol=3e-4)
   # 3) The second call: global batch 5, its third step, is the first non-finite one (step 6).
   reference = np.array(runs["reference"][1])                                 # [4, values]
   assert np.isfinite(reference[:2]).all() and not np.isfinite(reference[2, :-1].sum())
