@@ -36,7 +36,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The backbone (cvrl_tf.resnet3d.ResNet3D) and the projection head (cvrl_tf.heads)."""
-  depth: int = 50
+  depth: int = 50      # 10, 18, 34: basic blocks; 50, 101, 152, 200: bottlenecks (resnet3d.BLOCKS)
   width_multiplier: float = 1.0
   stem_filters: Optional[int] = None                 # None: 64 × width_multiplier
   stage_filters: Optional[Tuple[int, ...]] = None    # None: (64, 128, 256, 512) × width

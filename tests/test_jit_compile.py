@@ -23,8 +23,11 @@ def _one_step(trainer, state_of):
 
 def _assert_same_step(runs, state_rtol=1e-3, state_atol=1e-4):
   (plain, plain_state), (compiled, compiled_state) = runs[False], runs[True]
-  # float32 summation order differs between XLA's and TensorFlow's kernels.
-  np.testing.assert_allclose(compiled, plain, rtol=1e-4, atol=1e-5)
+  # float32 summation order differs between XLA's and TensorFlow's kernels. The values, then
+  # the gradient norm, which sums ~10^4 squared gradients (MoCo on grey, blurred views: measured
+  # 2.2e-4 apart).
+  np.testing.assert_allclose(compiled[:-1], plain[:-1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(compiled[-1], plain[-1], rtol=1e-3)
   assert len(compiled_state) == len(plain_state)
   for a, b in zip(compiled_state, plain_state):
     np.testing.assert_allclose(a, b, rtol=state_rtol, atol=state_atol)
@@ -56,15 +59,12 @@ FIXED_AUGMENTATION = [
 
 
 def test_the_compiled_pretraining_step_equals_the_plain_one(experiment):
-  # The whole replica step, each part of it in one graph (one compile: the suite's time): the
-  # uint8 views coloured, blurred and solarized in the step (augment_in_step); the gradient
-  # cache in two chunks (SyncBN statistics per chunk, the moving statistics reset between the
-  # passes); backward, LARS, and MoCo's momentum network and queue updated through merge_call.
-  # The step without augment_in_step or microbatches is this graph with parts left out. MoCo
-  # has every part SimCLR's step has, and state.
+  # The whole replica step: the uint8 views coloured, blurred and solarized in the step
+  # (augment_in_step), forward, loss, backward, LARS, and MoCo's momentum network and queue
+  # updated through merge_call. MoCo has every part SimCLR's step has, and state; the step
+  # without augment_in_step is this graph with a part left out.
   # [loss, regularization, accuracy, entropy, spread, gradient norm].
-  overrides = ["objective.name=moco", "objective.queue_size=64", "data.augment_in_step=true",
-               "train.microbatches=2"]
+  overrides = ["objective.name=moco", "objective.queue_size=64", "data.augment_in_step=true"]
   runs = _pretraining_runs(
       experiment, overrides + FIXED_AUGMENTATION,
       lambda trainer: (trainer.model.backbone.weights + trainer.model.head.weights
@@ -75,6 +75,16 @@ def test_the_compiled_pretraining_step_equals_the_plain_one(experiment):
   plain_recipe = _pretraining_runs(experiment, overrides, lambda trainer: [],
                                    jits=(False,))[False][0]
   assert abs(plain_recipe[0] - runs[False][0][0]) > 1e-3
+
+
+def test_the_compiled_microbatched_step_equals_the_plain_one(experiment):
+  # The gradient cache in two chunks (SyncBN statistics per chunk, the moving statistics reset
+  # between the passes), whole step. SimCLR: with MoCo and augment_in_step in the same compiled
+  # graph XLA's compile alone took 3 minutes of the suite.
+  runs = _pretraining_runs(experiment, ["train.microbatches=2"],
+                           lambda trainer: trainer.model.backbone.weights
+                           + trainer.model.head.weights)
+  _assert_same_step(runs)
 
 
 @pytest.fixture(scope="module")

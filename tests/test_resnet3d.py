@@ -504,7 +504,7 @@ def test_wrong_architecture_fails_before_any_key():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"depth": 42}, r"depth must be one of \[18, 34, 50, 101, 152, 200\], got 42"),
+    ({"depth": 42}, r"depth must be one of \[10, 18, 34, 50, 101, 152, 200\], got 42"),
     ({"stage_filters": (8, 16, 32)}, r"stage_filters must be 4 positive ints .* got \(8, 16, 32\)"),
     ({"temporal_kernels": (1, 3, 3)}, r"temporal_kernels must have 4 entries .* got \(1, 3, 3\)"),
     ({"temporal_kernels": (1, 1, (3, 3), 3)},
