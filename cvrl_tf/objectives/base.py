@@ -51,6 +51,9 @@ class StepOutputs(NamedTuple):
 class Objective(abc.ABC):
   """One pretraining objective over the ρ clips of each video.
 
+  Its methods run inside the replica step, which is traced as plain Python (no AutoGraph; see
+  loop.TrainLoop): a branch on a tensor is tf.cond or tf.where, not `if`.
+
   Args:
     config: the experiment (objective, model, data.num_clips, train.temperature, ...).
     model: the online network, built.
