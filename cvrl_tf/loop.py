@@ -138,7 +138,7 @@ class TrainLoop(abc.ABC):
     # through strategy.run: TPUStrategy turns a Python argument into a tensor, and the norm's
     # full-gradient all-reduce into a tf.cond in every step.
     # Plain Python, not AutoGraph: the step has no tensor-dependent Python control flow, and
-    # converting it (and everything it calls) cost ~40% of a short run's tracing.
+    # converting it and everything it calls cost 8.7 s of a 44 s tiny run (RESULTS.md).
     self._replica_steps = {
         flag: self._compiled(tf.autograph.experimental.do_not_convert(
             functools.partial(self._recorded_step, with_gradient_norm=flag)))
