@@ -359,6 +359,88 @@ def test_decode_jpeg_windows_equals_crop_of_full_decode():
   assert (canvas[:, 20:] == 0).all() and (canvas[:, :, 30:] == 0).all()
 
 
+
+def _textured_jpegs(num_frames, height=72, width=96):
+  """[T] JPEG strings of textured frames (gradients, edges, noise): resizes and flips show."""
+  rng = np.random.default_rng(5)
+  yy, xx = np.mgrid[0:height, 0:width]
+  frames = []
+  for t in range(num_frames):
+    frame = np.stack([2.5 * xx + 10 * t, 3 * yy, 128 + 100 * np.sin((xx + 2 * yy) / 7.0)], -1)
+    frame += rng.normal(0, 12, frame.shape)
+    frame[height // 3:height // 2, width // 4:width // 2] = [250, 20, 60]  # a hard-edged box
+    frames.append(tf.io.encode_jpeg(np.clip(frame, 0, 255).astype(np.uint8), quality=90))
+  return tf.stack(frames)
+
+
+def _tf_windows(jpegs, boxes, size):
+  # TF's resize of each decoded window, rounded to uint8: [T, size, size, 3] int.
+  windows = [tf.image.decode_and_crop_jpeg(jpegs[t], boxes[min(t, len(boxes) - 1)], channels=3)
+             for t in range(len(jpegs))]
+  return np.stack([tf.round(tf.image.resize(w, [size, size])).numpy() for w in windows]).astype(int)
+
+
+# (height, width) of the crop windows of 72 × 96 frames, resized to 48²: down in both directions,
+# down in one and up in the other, up in both, a thin strip, and the output size itself.
+WINDOWS = [(72, 96), (60, 40), (20, 30), (70, 9), (48, 48)]
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=[f"{h}x{w}" for h, w in WINDOWS])
+def test_opencv_resize_is_tf_resize_within_one_grey_level(window):
+  jpegs = _textured_jpegs(3)
+  height, width = window
+  boxes = tf.constant([[72 - height, (96 - width) // 2, height, width]])
+  got = video_ops.decode_resize_and_flip_windows(jpegs, boxes, tf.constant([False]), 3, 48)
+  assert got.dtype == tf.uint8 and got.shape == (3, 48, 48, 3)
+  expected = _tf_windows(jpegs, boxes.numpy(), 48)
+  difference = np.abs(got.numpy().astype(int) - expected)
+  assert difference.max() <= 1 and difference.mean() < 0.3, (difference.max(), difference.mean())
+  if window == (48, 48):  # no resampling: both give the decoded window itself
+    np.testing.assert_array_equal(got.numpy(), expected)
+  # The TF-only path agrees as well: it is the same TF resize, unrounded.
+  tf_path = video_ops.decode_and_resize_windows(jpegs, boxes, 3, 48).numpy()
+  np.testing.assert_array_equal(np.round(tf_path).astype(int), expected)
+
+
+def test_opencv_resize_per_frame_boxes_and_flips_are_exact_mirrors():
+  # One box and one coin per frame: four window sizes in one clip, frames 0 and 2 mirrored.
+  jpegs = _textured_jpegs(4)
+  boxes = tf.constant([[0, 0, 72, 96], [5, 30, 60, 40], [40, 60, 20, 30], [1, 80, 70, 9]])
+  flip = tf.constant([True, False, True, False])
+  plain = video_ops.decode_resize_and_flip_windows(jpegs, boxes, tf.zeros([4], tf.bool), 4, 48)
+  flipped = video_ops.decode_resize_and_flip_windows(jpegs, boxes, flip, 4, 48).numpy()
+  plain = plain.numpy()
+  for t in range(4):
+    mirror = plain[t, :, ::-1] if flip.numpy()[t] else plain[t]
+    np.testing.assert_array_equal(flipped[t], mirror)
+  assert not np.array_equal(flipped[0], plain[0])  # the frames are not symmetric
+  difference = np.abs(plain.astype(int) - _tf_windows(jpegs, boxes.numpy(), 48))
+  assert difference.max() <= 1 and difference.mean() < 0.3
+  # One coin for the clip mirrors every frame.
+  all_flipped = video_ops.decode_resize_and_flip_windows(jpegs, boxes, tf.constant([True]), 4, 48)
+  np.testing.assert_array_equal(all_flipped.numpy(), plain[:, :, ::-1])
+
+
+def test_opencv_resize_has_its_static_shape_and_same_values_in_graphs_and_tf_data():
+  jpegs = _textured_jpegs(3)
+  boxes = tf.constant([[4, 10, 50, 70]])
+  flip = tf.constant([True])
+  eager = video_ops.decode_resize_and_flip_windows(jpegs, boxes, flip, 3, 32).numpy()
+  shapes = []
+
+  def op(jpegs, boxes, flip):
+    clip = video_ops.decode_resize_and_flip_windows(jpegs, boxes, flip, 3, 32)
+    shapes.append(clip.shape)  # traced: the numpy_function's output shape is set, not unknown
+    return clip
+
+  in_graph = tf.function(op)(jpegs, boxes, flip).numpy()
+  dataset = tf.data.Dataset.from_tensors((jpegs, boxes, flip)).map(op)
+  assert dataset.element_spec.shape == (3, 32, 32, 3)
+  assert shapes and all(shape == (3, 32, 32, 3) for shape in shapes)
+  for got in (in_graph, next(iter(dataset)).numpy()):
+    np.testing.assert_array_equal(got, eager)
+
+
 # Colour ops against their definitions.
 
 
