@@ -45,7 +45,8 @@ flags.DEFINE_bool("print_config", False, "Print the resolved config as JSON and 
 RESUMABLE_CHANGES = (
     "train.max_steps", "train.log_every_steps", "train.steps_per_loop", "train.keep_checkpoints",
     "train.strategy", "train.tpu", "train.init_checkpoint", "data.reader.file_pattern",
-    "data.reader.cycle_length", "data.augment_in_step", "data.use_xla", "derived",
+    "data.reader.cycle_length", "data.augment_in_step", "data.use_xla", "data.opencv_resize",
+    "derived",
     # Data that moved (another bucket, a new mount): every experiment type's data groups.
     "train_data.reader.file_pattern", "eval_data.reader.file_pattern",
     "bank_data.reader.file_pattern", "evaluation.label_map")

@@ -270,6 +270,91 @@ def test_uniform_sampling_reads_fps_and_keeps_clips_within_the_span(records, tmp
   assert _example_views(reference, [0, 1], whole)["view_4"].shape == (2, 8, 8, 3)
 
 
+
+def _textured_frames(num_frames):
+  # Frames with a horizontal ramp, edges and noise, so that a flip or another box shows.
+  rng = np.random.default_rng(2)
+  xx = np.arange(WIDTH)[None, :, None]
+  frames = []
+  for i in range(num_frames):
+    frame = 5 * xx + 3 * i + rng.normal(0, 10, (HEIGHT, WIDTH, 3))
+    frame[8:20, 5:15] = [240, 30, 90]
+    frames.append(_jpeg(np.clip(frame, 0, 255)))
+  return frames
+
+
+@pytest.mark.parametrize("consistent", [True, False], ids=["per_clip", "per_frame"])
+def test_opencv_and_tf_resize_draw_the_same_boxes_and_flips(consistent):
+  # opencv_resize=False is the pipeline before OpenCV: TF's resize, the flip in XLA (here in TF).
+  # Same seed, same boxes and coins: the views differ by OpenCV's rounding only (<= 1 grey level).
+  record = tf.constant(_video(_textured_frames(30)))
+  recipe = AugmentationConfig(temporally_consistent=consistent)
+  opencv = ip.PretrainDataConfig(num_frames=4, stride=2, crop_size=16, augmentation=recipe,
+                                 augment_in_step=True, use_xla=False)
+  plain = dataclasses.replace(opencv, opencv_resize=False)
+  unflipped = dataclasses.replace(opencv, augmentation=dataclasses.replace(
+      recipe, flip_probability=0.0))
+  mirrored = 0
+  for i in range(6):
+    got, expected = _example_views(record, [i, 7], opencv), _example_views(record, [i, 7], plain)
+    never = _example_views(record, [i, 7], unflipped)
+    for key in ("view_1", "view_2"):
+      assert got[key].dtype == expected[key].dtype == np.uint8
+      difference = np.abs(got[key].astype(int) - expected[key])
+      assert difference.max() <= 1 and difference.mean() < 0.3, (i, key, difference.max())
+      mirrored += sum(not np.array_equal(a, b) for a, b in zip(got[key], never[key]))
+  assert 0 < mirrored < 6 * 2 * 4  # frames of views 1 and 2: the coins came up both ways
+  # The host colour path: the same draws on inputs 1 grey level apart (uint8 against float).
+  colour = dataclasses.replace(opencv, augment_in_step=False)
+  got = _example_views(record, [3, 7], colour)
+  expected = _example_views(record, [3, 7], dataclasses.replace(colour, opencv_resize=False))
+  for key in ("view_1", "view_2"):
+    assert got[key].dtype == np.float32
+    assert np.abs(got[key] - expected[key]).mean() < 2 / 255
+
+
+def test_classification_clips_opencv_and_tf_resize_agree(records):
+  record = tf.constant(_video(_textured_frames(30)))
+  opencv = ip.ClassificationTrainDataConfig(num_frames=4, stride=2, crop_size=16, use_xla=False)
+  plain = dataclasses.replace(opencv, opencv_resize=False)
+  for i in range(4):
+    seed = tf.constant([i, 5], tf.int64)
+    got = ip.make_classification_train_example(record, seed, opencv)["video"].numpy()
+    expected = ip.make_classification_train_example(record, seed, plain)["video"].numpy()
+    assert got.dtype == np.float32 and 0 <= got.min() and got.max() <= 1
+    np.testing.assert_allclose(got, expected, atol=1 / 255 + 1e-6)
+
+
+def _op_types(function, *specs) -> set:
+  """Op types in the traced graph of `function` and in every function it calls."""
+  graph = tf.function(function).get_concrete_function(*specs).graph.as_graph_def()
+  nodes = list(graph.node) + [node for f in graph.library.function for node in f.node_def]
+  return {node.op for node in nodes}
+
+
+PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+
+
+def test_only_the_training_pipelines_call_python():
+  # The exported SavedModel's examples signature runs make_eval_example and must load with
+  # TensorFlow alone; opencv_resize=False gives a training graph that tf.data service can run.
+  record = tf.TensorSpec([], tf.string)
+  seed = tf.TensorSpec([2], tf.int64)
+  evaluation = ip.EvalDataConfig(num_frames=2, stride=2, num_clips=2, num_crops=3, short_side=16,
+                                 crop_size=16)
+  assert not _op_types(lambda r: ip.make_eval_example(r, evaluation), record) & PYTHON_OPS
+  pretrain = ip.PretrainDataConfig(num_frames=2, stride=2, crop_size=8, num_clips=3,
+                                   use_xla=False)
+  example = lambda config: lambda r, s: ip.make_pretrain_example(r, s, config)
+  assert _op_types(example(pretrain), record, seed) & PYTHON_OPS == {"PyFuncStateless"}
+  tf_only = dataclasses.replace(pretrain, opencv_resize=False)
+  assert not _op_types(example(tf_only), record, seed) & PYTHON_OPS
+  labelled = ip.ClassificationTrainDataConfig(num_frames=2, stride=2, crop_size=8, use_xla=False,
+                                              opencv_resize=False)
+  assert not _op_types(lambda r, s: ip.make_classification_train_example(r, s, labelled),
+                       record, seed) & PYTHON_OPS
+
+
 def test_augment_pretrain_batch_rho_views_each_with_its_own_seed():
   rng = np.random.default_rng(3)
   features = {f"view_{k}": tf.constant(rng.integers(0, 256, (2, 2, 8, 8, 3)), tf.uint8)
