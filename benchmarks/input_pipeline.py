@@ -1,6 +1,7 @@
 """Pretraining input pipeline throughput: cvrl_tf against the reference release and the decode limit.
 
     python benchmarks/input_pipeline.py --tfrecords=GLOB [--rounds=N] [--seconds=N] [--crop_size=S]
+        [--tf_resize]
 
 Measures, in one run on the same records and cores, interleaved (every pipeline is built and warmed
 up, then each gets `--seconds` in turn, `--rounds` times round-robin, so that a change of load on a
@@ -11,7 +12,9 @@ shared, noisy machine hits all of them alike):
   decode_only  the limit: decode the 32 sampled JPEGs in full and nothing else;
   cvrl_tf      `input_pipeline.pretrain_dataset` with the default recipe;
   host_part    the same with `augment_in_step=True`: what is left on the host when the colour
-               augmentations run in the training step on an accelerator.
+               augmentations run in the training step on an accelerator;
+  *_tf_resize  with --tf_resize, both again with `opencv_resize=False` (TF's resize and the flip
+               in XLA: the pipeline before OpenCV), to compare the two in one run.
 The targets (issue 15, item 5): cvrl_tf >= 2.5x the reference, host_part >= 0.7 of decode_only.
 The last line printed is `pairs_per_s <float>` for cvrl_tf (clip pairs per second after warm-up).
 
@@ -26,6 +29,7 @@ import datetime
 import glob
 import io
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -50,6 +54,9 @@ import machine  # pylint: disable=g-import-not-at-top  (beside this script)
 BATCH_SIZE = 8
 NUM_FRAMES = 16
 STRIDE = 2
+# Records held for shuffling, by every pipeline (the reference's own value): each holds ~6 MB of
+# JPEGs, and six pipelines with cvrl_tf's default of 256 held 8 GB.
+SHUFFLE = 64
 
 
 # Records.
@@ -306,7 +313,7 @@ def reference_dataset(file_pattern, crop_size):
   dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files)).repeat()
   dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=10, block_length=1,
                                num_parallel_calls=10)
-  dataset = dataset.shuffle(64)
+  dataset = dataset.shuffle(SHUFFLE)
   dataset = dataset.map(lambda s: schema.parse_video(s)["frames"],
                         num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.map(lambda frames: reference_process(frames, crop_size),
@@ -324,7 +331,7 @@ def decode_only_dataset(file_pattern):
   dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files)).repeat()
   dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(files)),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  dataset = dataset.shuffle(256)
+  dataset = dataset.shuffle(SHUFFLE)
 
   def decode(serialized):
     frames = schema.parse_video(serialized)["frames"]
@@ -344,11 +351,13 @@ def _pair_indices(num_stored):
   return video_ops.sample_clip_pair_indices(num_stored, seed, NUM_FRAMES, STRIDE)
 
 
-def cvrl_dataset(file_pattern, crop_size, augment_in_step=False):
+def cvrl_dataset(file_pattern, crop_size, augment_in_step=False, opencv_resize=True):
   config = input_pipeline.PretrainDataConfig(
       reader=input_pipeline.ReaderConfig(file_pattern=file_pattern,
-                                         per_replica_batch_size=BATCH_SIZE),
-      num_frames=NUM_FRAMES, stride=STRIDE, crop_size=crop_size, augment_in_step=augment_in_step)
+                                         per_replica_batch_size=BATCH_SIZE,
+                                         shuffle_buffer_size=SHUFFLE),
+      num_frames=NUM_FRAMES, stride=STRIDE, crop_size=crop_size, augment_in_step=augment_in_step,
+      opencv_resize=opencv_resize)
   return input_pipeline.pretrain_dataset(config)
 
 
@@ -361,22 +370,44 @@ def _pull(iterator, seconds, min_batches):
   return batches, time.perf_counter() - start, time.process_time() - cpu
 
 
-def measure_interleaved(datasets, rounds, seconds, warmup_seconds, slice_warmup_seconds):
+def _total_ram() -> int:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _wait_until_idle(max_seconds, period=0.5, busy_fraction=0.1):
+  """Sleeps until this process uses < busy_fraction of a core over `period` (or max_seconds)."""
+  start = time.perf_counter()
+  while time.perf_counter() - start < max_seconds:
+    cpu = time.process_time()
+    time.sleep(period)
+    if time.process_time() - cpu < busy_fraction * period:
+      return
+
+
+def measure_interleaved(datasets, rounds, seconds, warmup_seconds, slice_warmup_seconds,
+                        idle_seconds=0.0):
   """{name: (pairs/s, process CPU ms per pair)}, the pipelines measured in turn `rounds` times.
 
-  All iterators stay alive, so a pipeline's prefetch and parallel-map buffers refill while another
-  is measured (CPU taken from it) and give it a head start when its turn comes: each turn first
-  pulls for `slice_warmup_seconds` unmeasured, which drains that head start. CPU ms per pair is
-  the process's CPU time over the measured part of the turns (the refills of the idle pipelines'
-  buffers included).
+  All iterators stay alive, so a pipeline's prefetch and parallel-map buffers refill after its
+  turn and give it a head start when its next turn comes: each turn first pulls for
+  `slice_warmup_seconds` unmeasured, which drains that head start. The refill itself runs during
+  the next pipeline's turn unless each turn first waits (up to `idle_seconds`) for the process to
+  go idle: without that wait, the refill of an expensive pipeline takes cores from, and is counted
+  in the CPU ms of, whichever pipeline follows it. CPU ms per pair is the process's CPU time over
+  the measured part of the turns.
   """
+  # tf.data lets each pipeline's autotuned buffers grow to half the RAM; with several pipelines
+  # alive and idle in turn (a batch of float32 pairs is 154 MB) they filled a 23 GB machine.
+  options = tf.data.Options()
+  options.autotune.ram_budget = _total_ram() // (2 * len(datasets))
   iterators = {}
   for name, make in datasets:
-    iterators[name] = iter(make())
+    iterators[name] = iter(make().with_options(options))
     _pull(iterators[name], warmup_seconds, 3)  # tracing, XLA compilation, buffers
   totals = {name: [0, 0.0, 0.0] for name in iterators}
   for _ in range(rounds):
     for name, iterator in iterators.items():
+      _wait_until_idle(idle_seconds)
       _pull(iterator, slice_warmup_seconds, 1)
       for k, value in enumerate(_pull(iterator, seconds, 2)):
         totals[name][k] += value
@@ -394,10 +425,16 @@ def main(argv=None):
                       help="round-robin rounds over the pipelines")
   parser.add_argument("--slice_warmup_seconds", type=float, default=2.0,
                       help="unmeasured pulling at the start of each turn")
+  parser.add_argument("--idle_seconds", type=float, default=20.0,
+                      help="before each turn, wait up to this long for the idle pipelines to "
+                           "refill their buffers (0: no wait, as in the runs before "
+                           "2026-11-29 15:00)")
   parser.add_argument("--crop_size", type=int, default=224)
   parser.add_argument("--warmup_seconds", type=float, default=6.0)
   parser.add_argument("--skip_host_part", action="store_true",
                       help="do not measure the augment_in_step host part")
+  parser.add_argument("--tf_resize", action="store_true",
+                      help="also measure both cvrl_tf pipelines with opencv_resize=False")
   args = parser.parse_args(argv)
 
   temporary = None
@@ -413,23 +450,38 @@ def main(argv=None):
           f"tf {tf.__version__}  onednn {os.environ['TF_ENABLE_ONEDNN_OPTS']}  "
           f"({machine.cpu_description()})  load {os.getloadavg()[0]:.2f}  "
           f"batch {BATCH_SIZE}  clip {NUM_FRAMES}x{STRIDE}  crop {args.crop_size}  "
-          f"rounds {args.rounds} x {args.seconds:g} s", flush=True)
+          f"rounds {args.rounds} x {args.seconds:g} s  idle wait <= {args.idle_seconds:g} s",
+          flush=True)
     runs = [("decode_only", lambda: decode_only_dataset(pattern)),
             ("reference", lambda: reference_dataset(pattern, args.crop_size)),
             ("cvrl_tf", lambda: cvrl_dataset(pattern, args.crop_size))]
     if not args.skip_host_part:
       runs.append(("host_part", lambda: cvrl_dataset(pattern, args.crop_size, True)))
+    if args.tf_resize:
+      runs.append(("cvrl_tf_tf_resize",
+                   lambda: cvrl_dataset(pattern, args.crop_size, False, False)))
+      if not args.skip_host_part:
+        runs.append(("host_part_tf_resize",
+                     lambda: cvrl_dataset(pattern, args.crop_size, True, False)))
     measured = measure_interleaved(runs, args.rounds, args.seconds, args.warmup_seconds,
-                                   args.slice_warmup_seconds)
+                                   args.slice_warmup_seconds, args.idle_seconds)
     results = {name: pairs for name, (pairs, _) in measured.items()}
     for name, (pairs, cpu_ms) in measured.items():
-      print(f"{name:12s} {pairs:7.2f} pairs/s  {cpu_ms:6.1f} CPU ms/pair", flush=True)
+      print(f"{name:19s} {pairs:7.2f} pairs/s  {cpu_ms:6.1f} CPU ms/pair", flush=True)
     print(f"speed-up over reference   {results['cvrl_tf'] / results['reference']:.2f}x "
           "(target >= 2.5x)")
     print(f"fraction of decode limit  {results['cvrl_tf'] / results['decode_only']:.2f}")
     if "host_part" in results:
       print(f"host part (augment_in_step) / decode limit  "
             f"{results['host_part'] / results['decode_only']:.2f} (target >= 0.70)")
+    if "cvrl_tf_tf_resize" in results:
+      print(f"with TF's resize: speed-up over reference "
+            f"{results['cvrl_tf_tf_resize'] / results['reference']:.2f}x")
+    if "host_part_tf_resize" in results:
+      print(f"with TF's resize: host part / decode limit "
+            f"{results['host_part_tf_resize'] / results['decode_only']:.2f}")
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB  "
+          f"load {os.getloadavg()[0]:.2f}")
     print(f"pairs_per_s {results['cvrl_tf']:.2f}")
   finally:
     if temporary:
