@@ -270,7 +270,6 @@ def test_uniform_sampling_reads_fps_and_keeps_clips_within_the_span(records, tmp
   assert _example_views(reference, [0, 1], whole)["view_4"].shape == (2, 8, 8, 3)
 
 
-
 def _textured_frames(num_frames):
   # Frames with a horizontal ramp, edges and noise, so that a flip or another box shows.
   rng = np.random.default_rng(2)

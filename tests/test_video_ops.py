@@ -359,7 +359,6 @@ def test_decode_jpeg_windows_equals_crop_of_full_decode():
   assert (canvas[:, 20:] == 0).all() and (canvas[:, :, 30:] == 0).all()
 
 
-
 def _textured_jpegs(num_frames, height=72, width=96):
   """[T] JPEG strings of textured frames (gradients, edges, noise): resizes and flips show."""
   rng = np.random.default_rng(5)
