@@ -522,13 +522,20 @@ def decode_and_resize_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: in
   Returns:
     [T, size, size, 3] float32 in [0, 255].
   """
-  if boxes.shape[0] == 1:
-    windows = tf.stack([  # [T, h, w, 3] uint8: one box, so equal window sizes.
-        tf.image.decode_and_crop_jpeg(jpegs[t], boxes[0], channels=3) for t in range(num_frames)])
-    return tf.image.resize(windows, [size, size])
-  return tf.stack([
-      tf.image.resize(tf.image.decode_and_crop_jpeg(jpegs[t], boxes[t], channels=3), [size, size])
-      for t in range(num_frames)])
+  windows = _decode_windows(jpegs, boxes, num_frames)
+  if boxes.shape[0] == 1:  # one box, so equal window sizes: one resize of the [T, h, w, 3] stack
+    return tf.image.resize(tf.stack(windows), [size, size])
+  return tf.stack([tf.image.resize(window, [size, size]) for window in windows])
+
+
+def _decode_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: int) -> list:
+  """T × [h_t, w_t, 3] uint8: each frame's crop window, by `num_frames` unrolled decodes.
+
+  boxes: [1, 4] (one box for the clip) or [num_frames, 4] (offset_y, offset_x, height, width).
+  """
+  shared = boxes.shape[0] == 1
+  return [tf.image.decode_and_crop_jpeg(jpegs[t], boxes[0] if shared else boxes[t], channels=3)
+          for t in range(num_frames)]
 
 
 def resize_and_flip_frames(size: int, flip: np.ndarray, *frames: np.ndarray) -> np.ndarray:
@@ -577,10 +584,8 @@ def decode_resize_and_flip_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.
   Returns:
     [T, size, size, 3] uint8 with its static shape.
   """
-  shared = boxes.shape[0] == 1
-  windows = [  # T × [h_t, w_t, 3] uint8, passed apart: per-frame boxes give unequal sizes.
-      tf.image.decode_and_crop_jpeg(jpegs[t], boxes[0] if shared else boxes[t], channels=3)
-      for t in range(num_frames)]
+  # Passed apart, not stacked: per-frame boxes give unequal sizes.
+  windows = _decode_windows(jpegs, boxes, num_frames)
   clip = tf.numpy_function(lambda *args: resize_and_flip_frames(size, *args), [flip, *windows],
                            tf.uint8, stateful=False)
   clip.set_shape([num_frames, size, size, 3])
