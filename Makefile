@@ -18,8 +18,10 @@ $(STAMP): setup.cfg pyproject.toml
 # pytest exits 5 when it collected nothing: that is a failure here too. Two processes, a test
 # file each (module fixtures are built once): 16 instead of 26 minutes on 2 cores, because most
 # of a test's time is single-threaded (interpreter and TensorFlow start-up, tf.data, tracing).
+# --no-loadscope-reorder: the files go out longest first (tests/conftest.py), not sorted by how
+# many tests they hold, which handed the 5-minute file of 3 tests out last, to run alone.
 test: $(STAMP)
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile --no-loadscope-reorder
 
 # The whole library on the embedded default, each step resumable: videos -> TFRecords ->
 # CVRL pretraining -> linear eval and kNN of the pretrained and of a random backbone -> export ->

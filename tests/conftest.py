@@ -106,10 +106,11 @@ def local_folders_named_like_urls(*roots) -> list:
 # The files whose tests take longest, first. `make test` runs pytest-xdist with --dist loadfile,
 # which hands whole files to the two workers in collection order: a long file handed out last
 # runs alone while the other worker idles.
-_LONGEST_FIRST = ("test_train.py", "test_train_replicas.py", "test_export.py",
-                  "test_jit_compile.py", "test_cloud_storage.py", "test_classify.py",
-                  "test_objectives.py", "test_evaluate.py", "test_loss_scale.py",
-                  "test_microbatch.py")
+_LONGEST_FIRST = ("test_train.py", "test_jit_compile.py", "test_train_replicas.py",
+                  "test_classify.py", "test_export.py", "test_cloud_storage.py",
+                  "test_build_tfrecords.py", "test_input_pipeline.py", "test_resnet3d.py",
+                  "test_evaluate.py", "test_objectives.py", "test_microbatch.py",
+                  "test_import_checkpoint.py", "test_loss_scale.py")
 
 
 def pytest_collection_modifyitems(items):

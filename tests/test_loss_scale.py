@@ -95,8 +95,10 @@ def test_unscaled_gradients_are_the_loss_gradients_bit_for_bit(microbatches):
 
 def test_a_float16_step_has_the_float32_gradients_to_float16_precision():
   # (a) The same weights and batch: float32 against float16 compute. The tiny network amplifies
-  # rounding (gradient norm ~10³, 8-channel BN at batch 16): float16 gradients measured 12.8%
-  # from float32 in norm (cosine 0.992), bfloat16's 44% (cosine 0.90); the loss 0.26% apart.
+  # rounding (gradient norm ~10³, 8-channel BN at batch 16). With BN through TF's fused kernel
+  # (one replica), float16 gradients measured 11.1% from float32 in norm (cosine 0.994),
+  # bfloat16's 28% (cosine 0.96); the loss 0.54% apart (0.26% with float32 BN arithmetic, whose
+  # gradients were further: 12.8%, cosine 0.992).
   plain, features = _pretrainer("float32")
   expected_loss, expected = _gradients(plain, features)
   half, _ = _pretrainer("mixed_float16")
@@ -104,7 +106,7 @@ def test_a_float16_step_has_the_float32_gradients_to_float16_precision():
   assert half.model.backbone.weights[0].dtype == "float32"
   half.loss_scale.scale.assign(2.0**10)   # fits these gradients (2^15 overflows: see below)
   loss, got = _gradients(half, features)
-  assert loss == pytest.approx(expected_loss, rel=5e-3) and loss != expected_loss
+  assert loss == pytest.approx(expected_loss, rel=1e-2) and loss != expected_loss
   a, b = _flat(got), _flat(expected)
   assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.2
   assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.98
