@@ -31,6 +31,12 @@ included) but cannot be shipped to tf.data service workers. `opencv_resize=False
 TensorFlow ops only (TF's resize, the flip in XLA). The evaluation pipeline, which the exported
 SavedModel's signature shares, is TensorFlow only.
 
+Let an iterator over an OpenCV pipeline go (`del`, or a function's local) before the interpreter
+exits. One still alive then (a module-level `it = iter(dataset)`) is destroyed during
+finalisation, when tf.data's workers can no longer take the GIL to finish a call in flight: the
+process can hang at exit (measured: 1 of 3 such scripts; none with `opencv_resize=False`).
+cvrl_tf's entry points hold their iterators in function scope.
+
 Randomness: every example gets its own stateless seed, folded from the pipeline seed and the
 example's position in the stream, so with `deterministic=True` and a `seed` the stream is
 reproducible run to run.
