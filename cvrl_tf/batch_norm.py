@@ -83,7 +83,7 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
   Unsynchronized, or synchronized with one replica in sync (one GPU, one CPU: the all-reduce
   would be the identity): TF's FusedBatchNormV3 normalises in one kernel where Keras 3 runs
   separate moments / subtract / scale ops, 1.3–1.8× faster forward + backward here, and traces
-  faster (a tiny SimCLR replica step: 2,461 ops instead of 3,726, 1.48× faster to trace;
+  faster (a tiny SimCLR replica step: 2,461 ops instead of 3,726, 1.2–1.6× faster to trace;
   benchmarks/trace_time.py). Synchronized with more replicas: the statistics of every
   replica's batch through one all-reduce per layer (`synchronized_moments`) instead of Keras's
   three. The replica count is the strategy's, known when the step is traced.
