@@ -140,6 +140,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  from absl import app as _app
+  from cvrl_tf import cli
   _define_flags()
-  _app.run(main)
+  cli.run(main)

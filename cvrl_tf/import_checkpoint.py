@@ -23,6 +23,8 @@ import sys
 from absl import app
 from absl import flags
 
+from cvrl_tf import cli
+
 _CHECKPOINT = flags.DEFINE_string(
     "model_garden_checkpoint", None,
     "Prefix of the reference release's backbone checkpoint, e.g. DIR/r3d_1x_k600_800ep_backbone-1 "
@@ -115,7 +117,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["model_garden_checkpoint", "output_dir"])
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

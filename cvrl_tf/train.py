@@ -233,4 +233,5 @@ def run_experiment(config, workdir: str, strategy, log: Callable[[str], None],
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from cvrl_tf import cli
+  cli.run(main)

@@ -20,7 +20,6 @@ from test_train import _losses
 from test_train import _state
 from test_train import _train
 from test_train import experiment  # noqa: F401  (the fixture: tiny records and experiment)
-from test_train import four_steps  # noqa: F401  (the fixture: a 4-step run)
 
 
 LOOP_SCRIPT = """
@@ -144,19 +143,30 @@ def test_two_replicas_train_like_one_and_the_loop_reduces_once_per_call():
   assert second["finite_steps"] == 2 and second["step"] == 7
 
 
+# The two-worker runs' recipe. A gentle learning rate: at the tiny experiment's own (0.08) the
+# loss swings by 30% a step, which turns float32 rounding differences into visible loss
+# differences within 4 steps. MoCo: everything SimCLR's step does across workers (gathered
+# projections, SyncBN, summed gradients), and its keys are gathered from both workers into the
+# queue, and the momentum network and queue are updated on each worker's copy.
+WORKER_RUN = ["train.steps_per_loop=1", "train.log_every_steps=1",
+              "train.input_sharding=replicate", "train.checkpoint_every_steps=2",
+              "optimizer.base_learning_rate=1.28", *OBJECTIVES["moco"]]
+
+
+@pytest.fixture(scope="module")
+def single(experiment, tmp_path_factory):
+  """The single-process run of WORKER_RUN to step 4 (checkpoints at 2 and 4): the reference of
+  the two-worker run, and a run for workers to resume; tests copy it before touching it."""
+  workdir = str(tmp_path_factory.mktemp("single") / "run")
+  return workdir, _train(experiment, workdir, "train.max_steps=4", *WORKER_RUN)
+
+
 @pytest.mark.slow
-def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_path):
+def test_two_workers_on_localhost_match_the_single_process_run(experiment, single, tmp_path):
   # A real MultiWorkerMirroredStrategy: two processes, TF_CONFIG, collectives over 127.0.0.1.
   # With input_sharding=replicate both hosts see the single-process global batches.
-  # A gentle learning rate: at the tiny experiment's own (0.08) the loss swings by 30% a step,
-  # which turns float32 rounding differences into visible loss differences within 4 steps.
-  # MoCo: everything SimCLR's step does across workers (gathered projections, SyncBN, summed
-  # gradients), and its keys are gathered from both workers into the queue, and the momentum
-  # network and queue are updated on each worker's copy.
-  overrides = ["train.max_steps=4", "train.steps_per_loop=1", "train.log_every_steps=1",
-               "train.input_sharding=replicate", "train.checkpoint_every_steps=2",
-               "optimizer.base_learning_rate=1.28", *OBJECTIVES["moco"]]
-  single = _train(experiment, str(tmp_path / "single"), *overrides)
+  overrides = ["train.max_steps=4", *WORKER_RUN]
+  reference_workdir, reference = single
   workers = _start_workers(experiment, [str(tmp_path / "multi")] * 2, overrides, tmp_path)
   outputs = _wait(workers, timeout=600)
   for code, stdout, stderr in outputs:
@@ -168,11 +178,11 @@ def test_two_workers_on_localhost_match_the_single_process_run(experiment, tmp_p
   # differences (reductions over 2 replicas instead of 1; kernels chosen by shape, per-replica
   # batch 4 against 8) grow through this loss's large swings, to ~1e-4 relative by step 4
   # (measured 1.2e-4 with oneDNN on; this deterministic experiment runs with it off).
-  np.testing.assert_allclose(_losses(chief)[0], _losses(single.stdout)[0], atol=1.5e-4)
-  np.testing.assert_allclose(_losses(chief), _losses(single.stdout), rtol=5e-4)
+  np.testing.assert_allclose(_losses(chief)[0], _losses(reference.stdout)[0], atol=1.5e-4)
+  np.testing.assert_allclose(_losses(chief), _losses(reference.stdout), rtol=5e-4)
   assert tf.train.latest_checkpoint(str(tmp_path / "multi" / "checkpoints")).endswith("ckpt-4")
   # The queue holds both workers' keys in the single process's order (4 steps × 16 keys).
-  expected, got = _state(str(tmp_path / "single")), _state(str(tmp_path / "multi"))
+  expected, got = _state(reference_workdir), _state(str(tmp_path / "multi"))
   queue = [name for name in expected if name.startswith(("queue/", "queue_pointer/"))]
   assert len(queue) == 2
   assert [int(got[name]) for name in queue if name.startswith("queue_pointer/")] == [0]  # 64 % 32
@@ -272,13 +282,13 @@ def _wait(workers, timeout):
 
 
 @pytest.mark.slow
-def test_workers_that_restore_different_steps_fail_instead_of_hanging(experiment, four_steps,
+def test_workers_that_restore_different_steps_fail_instead_of_hanging(experiment, single,
                                                                       tmp_path):
   # Worker 0 sees the run's checkpoint at step 4; worker 1's workdir is another (empty) folder,
   # as when a workdir is a local path on each host.
-  chief = _copy(four_steps[0], tmp_path)
+  chief = _copy(single[0], tmp_path)
   workers = _start_workers(experiment, [chief, str(tmp_path / "elsewhere")],
-                           ["train.max_steps=6"], tmp_path)
+                           ["train.max_steps=6", *WORKER_RUN], tmp_path)
   outputs = _wait(workers, timeout=300)
   for code, stdout, stderr in outputs:
     assert code == 1, stdout + stderr[-3000:]
