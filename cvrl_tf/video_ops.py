@@ -17,7 +17,7 @@ running the augmentations inside the training step on an accelerator.
 """
 
 import dataclasses
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import cv2
 import numpy as np
@@ -563,6 +563,171 @@ def resize_and_flip_frames(size: int, flip: np.ndarray, *frames: np.ndarray) -> 
   return out
 
 
+# The colour chain on the host: `augment_view_with`'s values for a temporally consistent view,
+# computed in OpenCV / NumPy inside the `tf.numpy_function` that resizes and flips. The draws stay
+# in TensorFlow (`draw_view_colors`, the same seeds as the XLA chain); only the pixels move.
+
+
+class ColorDraws(NamedTuple):
+  """The random numbers of one temporally consistent view's colour chain (tensors or NumPy).
+
+  Attributes:
+    jitter: bool scalar, whether the colour jitter runs.
+    factors: [4] float32: brightness, contrast and saturation factors, hue shift in turns.
+    order: [4] int32: the jitter's ops in the order they run (0 brightness, 1 contrast,
+      2 saturation, 3 hue).
+    grayscale, blur, solarize: bool scalars, whether each op runs.
+    sigma: float32 scalar, the blur's σ.
+  """
+  jitter: tf.Tensor
+  factors: tf.Tensor
+  order: tf.Tensor
+  grayscale: tf.Tensor
+  blur: tf.Tensor
+  sigma: tf.Tensor
+  solarize: tf.Tensor
+
+
+def draw_view_colors(seed: tf.Tensor, config: AugmentationConfig, blur_probability,
+                     solarize_probability) -> ColorDraws:
+  """What `augment_view_with` draws for a temporally consistent view with the same arguments.
+
+  The same `split_seed` tree as `augment_view_with` → `random_color_jitter` → `color_jitter`,
+  `random_grayscale`, `random_gaussian_blur` and `random_solarize`, so the same numbers (tested)
+  when both run alike: XLA's stateless random numbers differ from TF's kernels', so draw under
+  XLA to match the XLA-compiled chain, with TF's kernels to match the plain one.
+
+  Args:
+    seed: [2] int seed.
+    config: the recipe.
+    blur_probability, solarize_probability: the view's (floats or scalar tensors).
+
+  Returns:
+    `ColorDraws` of tensors.
+  """
+  seeds = split_seed(seed, 4)  # jitter, grayscale, blur, solarize
+  jitter_seeds = split_seed(seeds[0], 2)  # coin, then color_jitter's
+  factor_seeds = split_seed(jitter_seeds[1], 2)  # factors, order
+  factors = _jitter_factors(factor_seeds[0], 1, config.brightness, config.contrast,
+                            config.saturation, config.hue)
+  blur_seeds = split_seed(seeds[2], 2)  # coin, σ
+  return ColorDraws(
+      jitter=_bernoulli(jitter_seeds[0], [1], config.color_jitter_probability)[0],
+      factors=tf.concat(factors, axis=0),
+      order=_random_order(factor_seeds[1], 1)[0],
+      grayscale=_bernoulli(seeds[1], [1], config.grayscale_probability)[0],
+      blur=_bernoulli(blur_seeds[0], [1], blur_probability)[0],
+      sigma=_uniform(blur_seeds[1], [1], *config.blur_sigma_range)[0],
+      solarize=_bernoulli(seeds[3], [1], solarize_probability)[0])
+
+
+# `tf.image.rgb_to_grayscale`'s weights, as a 1 × 3 `cv2.transform` matrix.
+_GREY_WEIGHTS = np.array([[0.2989, 0.5870, 0.1140]], np.float32)
+
+
+def _truncate_at_one(image):
+  cv2.threshold(image, 1.0, 1.0, cv2.THRESH_TRUNC, dst=image)
+
+
+def _saturate_and_rotate_hue(image, saturation, hue):
+  """`adjust_saturation` (factor or None) and `adjust_hue` (turns or None), one HSV round trip.
+
+  In place on [N, W, 3] float32. Saturation changes only S and hue only H, so one round trip
+  serves both (in either order). OpenCV's float HSV has H in degrees and wraps H >= 360 but not
+  H < 0, hence the shift taken modulo one turn.
+  """
+  cv2.cvtColor(image, cv2.COLOR_RGB2HSV, dst=image)
+  if saturation is not None:
+    s = image[..., 1]
+    np.multiply(s, np.float32(saturation), out=s)
+    if saturation > 1.0:  # S <= 1, so S · k <= 1 otherwise
+      np.minimum(s, np.float32(1.0), out=s)
+  if hue is not None:
+    h = image[..., 0]
+    np.add(h, np.float32(hue % 1.0 * 360.0), out=h)
+  cv2.cvtColor(image, cv2.COLOR_HSV2RGB, dst=image)
+
+
+def _color_jitter_host(image, factors, order):
+  """`color_jitter` in place on a clip as one tall image [T·S, S, 3] float32 in [0, 1]."""
+  brightness, contrast, saturation, hue = (float(f) for f in factors)
+  steps = [int(op) for op in order]
+  k = 0
+  while k < len(steps):
+    if steps[k] == 0:
+      np.multiply(image, np.float32(brightness), out=image)
+      if brightness > 1.0:  # x · b <= 1 otherwise, and b >= 0
+        _truncate_at_one(image)
+    elif steps[k] == 1:
+      # (x − mean) · c + mean = c · x + (1 − c) · mean per channel, the mean over the whole clip.
+      mean = np.asarray(cv2.mean(image)[:3])
+      matrix = np.concatenate([contrast * np.eye(3), ((1.0 - contrast) * mean)[:, None]], axis=1)
+      cv2.transform(image, matrix.astype(np.float32), dst=image)
+      cv2.threshold(image, 0.0, 0.0, cv2.THRESH_TOZERO, dst=image)  # x > 0 ? x : 0
+      _truncate_at_one(image)
+    else:
+      # Saturation and hue next to each other share one HSV round trip (half of the orders).
+      both = k + 1 < len(steps) and steps[k + 1] >= 2
+      _saturate_and_rotate_hue(image, saturation if both or steps[k] == 2 else None,
+                               hue if both or steps[k] == 3 else None)
+      k += both
+    k += 1
+
+
+def _blur_frames_host(frames, sigma, kernel_size):
+  """`gaussian_blur` in place on [T, S, S] or [T, S, S, 3] float32: the same taps, zero padding."""
+  sigma = np.float32(sigma)
+  # `blur_radius`: 4σ rounded up to even, at most kernel_size // 2.
+  radius = min(2 * int(np.ceil(np.float32(2.0) * sigma)), kernel_size // 2)
+  x = np.arange(-radius, radius + 1, dtype=np.float32)
+  taps = np.exp(-np.square(x) / (np.float32(2.0) * np.square(sigma)))
+  taps /= taps.sum()
+  for frame in frames:
+    cv2.sepFilter2D(frame, -1, taps, taps, dst=frame, borderType=cv2.BORDER_CONSTANT)
+
+
+def augment_view_host(clip: np.ndarray, draws: ColorDraws, kernel_size: int,
+                      solarize_threshold: float = 0.5) -> np.ndarray:
+  """`augment_view_with` on a temporally consistent view with the given draws (OpenCV / NumPy).
+
+  The same values as the XLA chain on `clip / 255` for the same draws, to float rounding (tested:
+  max |Δ| ~1e-6): uint8 → [0, 1]; the jitter in its order (brightness, contrast with the mean over
+  the clip, saturation and hue through OpenCV's float HSV; clipped after each); grayscale; the
+  Gaussian blur per frame with zero padding; solarize as min(x, 1 − x); values in [0, 1]. About
+  4× less CPU than the XLA chain (benchmarks/RESULTS.md). OpenCV runs single-threaded here
+  (`cv2.setNumThreads(0)` above), so the result is deterministic.
+
+  Args:
+    clip: [T, S, S, 3] uint8, the resized and flipped crop.
+    draws: `ColorDraws` as NumPy values (from `draw_view_colors`).
+    kernel_size: the blur's `blur_kernel_size` for S.
+    solarize_threshold: pixels at or above it are inverted.
+
+  Returns:
+    [T, S, S, 3] float32 in [0, 1].
+  """
+  num_frames, size = clip.shape[:2]
+  # [T·S, S, 3]: the clip as one tall image for OpenCV's pointwise ops (frames never mix in them).
+  image = clip.reshape(num_frames * size, size, 3).astype(np.float32)
+  image *= np.float32(1.0 / 255.0)  # TF's cast and scale, bit for bit
+  if draws.jitter:
+    _color_jitter_host(image, draws.factors, draws.order)
+  if draws.grayscale:
+    # One plane [T·S, S] until the end: blur and solarize then cost a third.
+    image = cv2.transform(image, _GREY_WEIGHTS)
+  if draws.blur:
+    _blur_frames_host(image.reshape((num_frames, size) + image.shape[1:]), draws.sigma,
+                      kernel_size)
+    _truncate_at_one(image)  # the renormalised taps may sum to 1 + ε; blurred values stay >= 0
+  if draws.solarize and solarize_threshold == 0.5:
+    np.minimum(image, np.float32(1.0) - image, out=image)  # x below 0.5, 1 − x at or above
+  elif draws.solarize:
+    np.subtract(np.float32(1.0), image, out=image, where=image >= solarize_threshold)
+  if draws.grayscale:
+    image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+  return image.reshape(num_frames, size, size, 3)
+
+
 def decode_resize_and_flip_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor,
                                    num_frames: int, size: int) -> tf.Tensor:
   """Decodes the crop window of each JPEG frame, resizes it to size × size and mirrors it (host).
@@ -590,6 +755,41 @@ def decode_resize_and_flip_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.
                            tf.uint8, stateful=False)
   clip.set_shape([num_frames, size, size, 3])
   return clip
+
+
+def decode_and_augment_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor,
+                               draws: ColorDraws, num_frames: int, size: int, kernel_size: int,
+                               solarize_threshold: float = 0.5) -> tf.Tensor:
+  """`decode_resize_and_flip_windows`, then the colour chain on the host: the whole view.
+
+  One `tf.numpy_function` per view runs OpenCV's resize and flip and `augment_view_host` with
+  `draws` (from `draw_view_colors`): the values of the XLA chain to float rounding, at about a
+  quarter of its CPU time. Temporally consistent views only (one draw per clip).
+
+  Args:
+    jpegs: [num_frames] tf.string, all frames of one size.
+    boxes: [1, 4] (offset_y, offset_x, height, width), one box for the clip.
+    flip: [1] bool, mirror horizontally.
+    draws: `ColorDraws` of tensors.
+    num_frames: static T.
+    size: output side.
+    kernel_size: the blur's `blur_kernel_size(size, ...)`.
+    solarize_threshold: pixels at or above it are inverted.
+
+  Returns:
+    [T, size, size, 3] float32 in [0, 1] with its static shape.
+  """
+  windows = _decode_windows(jpegs, boxes, num_frames)
+  num_draws = len(ColorDraws._fields)
+
+  def resize_flip_and_augment(flip, *args):
+    clip = resize_and_flip_frames(size, flip, *args[num_draws:])
+    return augment_view_host(clip, ColorDraws(*args[:num_draws]), kernel_size, solarize_threshold)
+
+  view = tf.numpy_function(resize_flip_and_augment, [flip, *draws, *windows], tf.float32,
+                           stateful=False)
+  view.set_shape([num_frames, size, size, 3])
+  return view
 
 
 def decode_jpeg_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: int,
