@@ -629,61 +629,96 @@ def _truncate_at_one(image):
   cv2.threshold(image, 1.0, 1.0, cv2.THRESH_TRUNC, dst=image)
 
 
-def _saturate_and_rotate_hue(image, saturation, hue):
+def _adjust_brightness_host(brightness):
+  def adjust(frame):
+    np.multiply(frame, np.float32(brightness), out=frame)
+    if brightness > 1.0:  # x · b <= 1 otherwise, and b >= 0
+      _truncate_at_one(frame)
+    return frame
+  return adjust
+
+
+def _adjust_contrast_host(contrast, mean):
+  # (x − mean) · c + mean = c · x + (1 − c) · mean per channel: one 3 × 4 affine map.
+  matrix = np.concatenate([contrast * np.eye(3), ((1.0 - contrast) * mean)[:, None]], axis=1)
+  matrix = matrix.astype(np.float32)
+
+  def adjust(frame):
+    cv2.transform(frame, matrix, dst=frame)
+    cv2.threshold(frame, 0.0, 0.0, cv2.THRESH_TOZERO, dst=frame)  # x > 0 ? x : 0
+    _truncate_at_one(frame)
+    return frame
+  return adjust
+
+
+def _saturate_and_rotate_hue_host(saturation, hue):
   """`adjust_saturation` (factor or None) and `adjust_hue` (turns or None), one HSV round trip.
 
-  In place on [N, W, 3] float32. Saturation changes only S and hue only H, so one round trip
-  serves both (in either order). OpenCV's float HSV has H in degrees and wraps H >= 360 but not
-  H < 0, hence the shift taken modulo one turn.
+  Saturation changes only S and hue only H, so one round trip serves both (in either order).
+  OpenCV's float HSV has H in degrees and wraps H >= 360 but not H < 0, hence the shift taken
+  modulo one turn.
   """
-  cv2.cvtColor(image, cv2.COLOR_RGB2HSV, dst=image)
-  if saturation is not None:
-    s = image[..., 1]
-    np.multiply(s, np.float32(saturation), out=s)
-    if saturation > 1.0:  # S <= 1, so S · k <= 1 otherwise
-      np.minimum(s, np.float32(1.0), out=s)
-  if hue is not None:
-    h = image[..., 0]
-    np.add(h, np.float32(hue % 1.0 * 360.0), out=h)
-  cv2.cvtColor(image, cv2.COLOR_HSV2RGB, dst=image)
+  def adjust(frame):
+    cv2.cvtColor(frame, cv2.COLOR_RGB2HSV, dst=frame)
+    if saturation is not None:
+      s = frame[..., 1]
+      np.multiply(s, np.float32(saturation), out=s)
+      if saturation > 1.0:  # S <= 1, so S · k <= 1 otherwise
+        np.minimum(s, np.float32(1.0), out=s)
+    if hue is not None:
+      h = frame[..., 0]
+      np.add(h, np.float32(hue % 1.0 * 360.0), out=h)
+    cv2.cvtColor(frame, cv2.COLOR_HSV2RGB, dst=frame)
+    return frame
+  return adjust
 
 
-def _color_jitter_host(image, factors, order):
-  """`color_jitter` in place on a clip as one tall image [T·S, S, 3] float32 in [0, 1]."""
+def _jitter_ops_host(order, factors, mean=None):
+  """`color_jitter`'s ops in `order` (0 brightness, 1 contrast, 2 saturation, 3 hue) as frame ->
+  frame functions; contrast needs the clip's channel `mean` [3] at that point of the chain."""
   brightness, contrast, saturation, hue = (float(f) for f in factors)
-  steps = [int(op) for op in order]
-  k = 0
-  while k < len(steps):
-    if steps[k] == 0:
-      np.multiply(image, np.float32(brightness), out=image)
-      if brightness > 1.0:  # x · b <= 1 otherwise, and b >= 0
-        _truncate_at_one(image)
-    elif steps[k] == 1:
-      # (x − mean) · c + mean = c · x + (1 − c) · mean per channel, the mean over the whole clip.
-      mean = np.asarray(cv2.mean(image)[:3])
-      matrix = np.concatenate([contrast * np.eye(3), ((1.0 - contrast) * mean)[:, None]], axis=1)
-      cv2.transform(image, matrix.astype(np.float32), dst=image)
-      cv2.threshold(image, 0.0, 0.0, cv2.THRESH_TOZERO, dst=image)  # x > 0 ? x : 0
-      _truncate_at_one(image)
+  ops, k = [], 0
+  while k < len(order):
+    if order[k] == 0:
+      ops.append(_adjust_brightness_host(brightness))
+    elif order[k] == 1:
+      ops.append(_adjust_contrast_host(contrast, mean))
     else:
       # Saturation and hue next to each other share one HSV round trip (half of the orders).
-      both = k + 1 < len(steps) and steps[k + 1] >= 2
-      _saturate_and_rotate_hue(image, saturation if both or steps[k] == 2 else None,
-                               hue if both or steps[k] == 3 else None)
+      both = k + 1 < len(order) and order[k + 1] >= 2
+      ops.append(_saturate_and_rotate_hue_host(saturation if both or order[k] == 2 else None,
+                                               hue if both or order[k] == 3 else None))
       k += both
     k += 1
+  return ops
 
 
-def _blur_frames_host(frames, sigma, kernel_size):
-  """`gaussian_blur` in place on [T, S, S] or [T, S, S, 3] float32: the same taps, zero padding."""
+def _blur_host(sigma, kernel_size):
+  """`gaussian_blur` of one frame [S, S] or [S, S, 3], in place: the same taps, zero padding."""
   sigma = np.float32(sigma)
   # `blur_radius`: 4σ rounded up to even, at most kernel_size // 2.
   radius = min(2 * int(np.ceil(np.float32(2.0) * sigma)), kernel_size // 2)
   x = np.arange(-radius, radius + 1, dtype=np.float32)
   taps = np.exp(-np.square(x) / (np.float32(2.0) * np.square(sigma)))
   taps /= taps.sum()
-  for frame in frames:
+
+  def blur(frame):
     cv2.sepFilter2D(frame, -1, taps, taps, dst=frame, borderType=cv2.BORDER_CONSTANT)
+    _truncate_at_one(frame)  # the taps may sum to 1 + ε; blurred values stay >= 0
+    return frame
+  return blur
+
+
+def _solarize_host(threshold, scratch):
+  # scratch: a buffer of at least one frame's values, for 1 − x.
+  def solarize(frame):
+    inverted = scratch[:frame.size].reshape(frame.shape)
+    np.subtract(np.float32(1.0), frame, out=inverted)
+    if threshold == 0.5:  # x below 0.5, 1 − x at or above: the smaller of the two
+      return np.minimum(frame, inverted, out=frame)
+    np.copyto(frame, inverted, where=frame >= threshold)
+    return frame
+  return solarize
 
 
 def augment_view_host(clip: np.ndarray, draws: ColorDraws, kernel_size: int,
@@ -691,11 +726,14 @@ def augment_view_host(clip: np.ndarray, draws: ColorDraws, kernel_size: int,
   """`augment_view_with` on a temporally consistent view with the given draws (OpenCV / NumPy).
 
   The same values as the XLA chain on `clip / 255` for the same draws, to float rounding (tested:
-  max |Δ| ~1e-6): uint8 → [0, 1]; the jitter in its order (brightness, contrast with the mean over
-  the clip, saturation and hue through OpenCV's float HSV; clipped after each); grayscale; the
-  Gaussian blur per frame with zero padding; solarize as min(x, 1 − x); values in [0, 1]. About
-  4× less CPU than the XLA chain (benchmarks/RESULTS.md). OpenCV runs single-threaded here
-  (`cv2.setNumThreads(0)` above), so the result is deterministic.
+  max |Δ| < 1e-5): uint8 → [0, 1]; the jitter in its order (brightness, contrast with the mean
+  over the clip, saturation and hue through OpenCV's float HSV; clipped after each); grayscale;
+  the Gaussian blur with zero padding; solarize; values in [0, 1]. OpenCV runs single-threaded
+  here (`cv2.setNumThreads(0)` above), so the result is deterministic.
+
+  The chain takes one frame at a time through all its ops while the frame is in cache: op by op
+  over the whole clip, each pass waits on memory and the chain costs 2.5× more. Only the contrast
+  needs the whole clip (its mean), so a chain with contrast makes two sweeps over the frames.
 
   Args:
     clip: [T, S, S, 3] uint8, the resized and flipped crop.
@@ -707,26 +745,43 @@ def augment_view_host(clip: np.ndarray, draws: ColorDraws, kernel_size: int,
     [T, S, S, 3] float32 in [0, 1].
   """
   num_frames, size = clip.shape[:2]
-  # [T·S, S, 3]: the clip as one tall image for OpenCV's pointwise ops (frames never mix in them).
-  image = clip.reshape(num_frames * size, size, 3).astype(np.float32)
-  image *= np.float32(1.0 / 255.0)  # TF's cast and scale, bit for bit
-  if draws.jitter:
-    _color_jitter_host(image, draws.factors, draws.order)
+  view = np.empty(clip.shape, np.float32)
+  order = [int(op) for op in draws.order] if draws.jitter else []
+  split = order.index(1) if 1 in order else len(order)  # the contrast's step
+  tail = []
   if draws.grayscale:
-    # One plane [T·S, S] until the end: blur and solarize then cost a third.
-    image = cv2.transform(image, _GREY_WEIGHTS)
+    # One plane [S, S] from here: blur and solarize then cost a third.
+    plane = np.empty((size, size), np.float32)
+    tail.append(lambda frame: cv2.transform(frame, _GREY_WEIGHTS, dst=plane))
   if draws.blur:
-    _blur_frames_host(image.reshape((num_frames, size) + image.shape[1:]), draws.sigma,
-                      kernel_size)
-    _truncate_at_one(image)  # the renormalised taps may sum to 1 + ε; blurred values stay >= 0
-  if draws.solarize and solarize_threshold == 0.5:
-    np.minimum(image, np.float32(1.0) - image, out=image)  # x below 0.5, 1 − x at or above
-  elif draws.solarize:
-    np.subtract(np.float32(1.0), image, out=image, where=image >= solarize_threshold)
-  if draws.grayscale:
-    image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-  return image.reshape(num_frames, size, size, 3)
-
+    tail.append(_blur_host(draws.sigma, kernel_size))
+  if draws.solarize:
+    tail.append(_solarize_host(solarize_threshold, np.empty(size * size * 3, np.float32)))
+  # 1) uint8 → [0, 1] (TF's cast and scale, bit for bit) and the jitter up to the contrast.
+  first = _jitter_ops_host(order[:split], draws.factors)
+  if split == len(order):
+    first += tail
+  sums = np.zeros(3)
+  for t in range(num_frames):
+    frame = np.multiply(clip[t], np.float32(1.0 / 255.0), out=view[t])
+    for op in first:
+      frame = op(frame)
+    if split < len(order):
+      sums += cv2.sumElems(frame)[:3]
+    elif frame.ndim == 2:
+      cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB, dst=view[t])
+  if split == len(order):
+    return view
+  # 2) The contrast with the clip's mean, the rest of the jitter, grayscale, blur, solarize.
+  second = _jitter_ops_host(order[split:], draws.factors, sums / (num_frames * size * size))
+  second += tail
+  for t in range(num_frames):
+    frame = view[t]
+    for op in second:
+      frame = op(frame)
+    if frame.ndim == 2:
+      cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB, dst=view[t])
+  return view
 
 def decode_resize_and_flip_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor,
                                    num_frames: int, size: int) -> tf.Tensor:
