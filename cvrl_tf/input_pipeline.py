@@ -461,7 +461,7 @@ class _HostColorView:
     self.fallback = _view_function(augmentation, "augment", use_xla)
     draw = lambda seed, blur_probability, solarize_probability: video_ops.draw_view_colors(
         seed, augmentation, blur_probability, solarize_probability)
-    self.draw = tf.function(draw, jit_compile=True) if use_xla else draw
+    self.draw = tf.function(draw, jit_compile=True, autograph=False) if use_xla else draw
 
   def __call__(self, clip, flip, seed, view=1):
     return self.fallback(clip, flip, seed, view)

@@ -13,7 +13,10 @@ per frame when False (the paper's ablation).
 Float images are in [0, 1]. The recipe and its defaults are SPEC §2; `AugmentationConfig` holds
 every probability and strength, and `augment_view` applies the whole colour/blur/solarize chain to one
 cropped view. `augment_clips` is the same chain vectorised over a batch `[B, T, H, W, C]`, for
-running the augmentations inside the training step on an accelerator.
+running the augmentations inside the training step on an accelerator. `augment_view_host` is the
+same chain again in OpenCV / NumPy, for the host pipeline: it runs in the `tf.numpy_function` that
+resizes and flips (`decode_and_augment_windows`), on random numbers drawn in TF
+(`draw_view_colors`), and gives `augment_view`'s values to float rounding.
 """
 
 import dataclasses
