@@ -15,8 +15,8 @@ per-view costs are CPU time for a 16 × 224 × 224 view on this machine kind):
    uint8 (`opencv_resize`; 5× faster than TF's bilinear kernel, within 1 grey level of it), with
    no padded canvas (padding every window to a fixed size cost as much as the decode);
 3) everything after the resize — colour jitter, grayscale, blur, solarize — runs in that same
-   Python function, in OpenCV / NumPy on the clip as one tall image (`opencv_color`,
-   `video_ops.augment_view_host`: ~15 ms per view against ~35 in XLA); only its random numbers
+   Python function, in OpenCV / NumPy one frame at a time (`opencv_color`,
+   `video_ops.augment_view_host`: ~26 CPU ms per pair against ~70 in XLA); only its random numbers
    are drawn in TF (`video_ops.draw_view_colors`, under XLA with `use_xla`), so the views are the
    XLA chain's to float rounding. Without `opencv_color` (or `opencv_resize`), with
    `temporally_consistent=False` and for `augment_in_step`'s uint8, the colour chain is one
@@ -119,16 +119,18 @@ class PretrainDataConfig:
       (`video_ops.recipe_view`).
     augment_in_step: yield uint8 views that are only cropped and flipped; the training step then
       calls `augment_pretrain_batch` (for hosts whose CPUs cannot keep up with the accelerator).
-    use_xla: compile the per-view colour chain with XLA on the host (same results up to float
-      rounding; ~4× faster on that part). False runs plain TF ops.
+    use_xla: compile the per-view colour chain with XLA on the host (~4× faster on that part than
+      plain TF ops, which False runs). The same recipe but not the same views for a seed: XLA's
+      stateless random numbers differ from TF's kernels'. With opencv_color it decides how the
+      host chain's numbers are drawn, so that switch keeps the views.
     opencv_resize: resize and flip the crop windows with OpenCV in one `tf.numpy_function` per
       view (5× faster than `tf.image.resize` on the host, uint8 out, within 1 grey level of it);
       False: TensorFlow ops only (TF's resize, the flip in XLA), e.g. for tf.data service,
       whose workers cannot run the Python function.
     opencv_color: with opencv_resize, run the colour chain (jitter, grayscale, blur, solarize)
       in OpenCV / NumPy in that same Python function, on random numbers drawn in TensorFlow as
-      the compiled chain draws them: the same views to float rounding (max |Δ| ~4e-6) for ~half
-      the CPU (benchmarks/RESULTS.md). Ignored (the chain stays in TF / XLA) without
+      the compiled chain draws them: the same views to float rounding (max |Δ| ~4e-6) for ~40%
+      of the chain's CPU (benchmarks/RESULTS.md). Ignored (the chain stays in TF / XLA) without
       opencv_resize, with augment_in_step, and for per-frame draws (temporally_consistent=False).
   """
   reader: ReaderConfig = dataclasses.field(default_factory=ReaderConfig)

@@ -821,8 +821,8 @@ def decode_and_augment_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.Tens
   """`decode_resize_and_flip_windows`, then the colour chain on the host: the whole view.
 
   One `tf.numpy_function` per view runs OpenCV's resize and flip and `augment_view_host` with
-  `draws` (from `draw_view_colors`): the values of the XLA chain to float rounding, at about a
-  quarter of its CPU time. Temporally consistent views only (one draw per clip).
+  `draws` (from `draw_view_colors`): the values of the XLA chain to float rounding, for ~40% of
+  its CPU time. Temporally consistent views only (one draw per clip).
 
   Args:
     jpegs: [num_frames] tf.string, all frames of one size.

@@ -1,7 +1,5 @@
 """Exact-value tests of cvrl_tf.video_ops: tf.range "videos", the Δ density, consistency, tf.data."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import scipy.stats
