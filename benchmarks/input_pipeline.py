@@ -1,7 +1,7 @@
 """Pretraining input pipeline throughput: cvrl_tf against the reference release and the decode limit.
 
     python benchmarks/input_pipeline.py --tfrecords=GLOB [--rounds=N] [--seconds=N] [--crop_size=S]
-        [--tf_resize]
+        [--tf_resize] [--xla_color]
 
 Measures, in one run on the same records and cores, interleaved (every pipeline is built and warmed
 up, then each gets `--seconds` in turn, `--rounds` times round-robin, so that a change of load on a
@@ -14,7 +14,10 @@ shared, noisy machine hits all of them alike):
   host_part    the same with `augment_in_step=True`: what is left on the host when the colour
                augmentations run in the training step on an accelerator;
   *_tf_resize  with --tf_resize, both again with `opencv_resize=False` (TF's resize and the flip
-               in XLA: the pipeline before OpenCV), to compare the two in one run.
+               in XLA: the pipeline before OpenCV), to compare the two in one run;
+  cvrl_tf_xla_color  with --xla_color, the default recipe with `opencv_color=False` (OpenCV's
+               resize, the colour chain in XLA: the pipeline before the colour chain moved into
+               OpenCV), to compare the two in one run.
 The targets (issue 15, item 5): cvrl_tf >= 2.5x the reference, host_part >= 0.7 of decode_only.
 The last line printed is `pairs_per_s <float>` for cvrl_tf (clip pairs per second after warm-up).
 
@@ -351,13 +354,14 @@ def _pair_indices(num_stored):
   return video_ops.sample_clip_pair_indices(num_stored, seed, NUM_FRAMES, STRIDE)
 
 
-def cvrl_dataset(file_pattern, crop_size, augment_in_step=False, opencv_resize=True):
+def cvrl_dataset(file_pattern, crop_size, augment_in_step=False, opencv_resize=True,
+                 opencv_color=True):
   config = input_pipeline.PretrainDataConfig(
       reader=input_pipeline.ReaderConfig(file_pattern=file_pattern,
                                          per_replica_batch_size=BATCH_SIZE,
                                          shuffle_buffer_size=SHUFFLE),
       num_frames=NUM_FRAMES, stride=STRIDE, crop_size=crop_size, augment_in_step=augment_in_step,
-      opencv_resize=opencv_resize)
+      opencv_resize=opencv_resize, opencv_color=opencv_color)
   return input_pipeline.pretrain_dataset(config)
 
 
@@ -435,6 +439,8 @@ def main(argv=None):
                       help="do not measure the augment_in_step host part")
   parser.add_argument("--tf_resize", action="store_true",
                       help="also measure both cvrl_tf pipelines with opencv_resize=False")
+  parser.add_argument("--xla_color", action="store_true",
+                      help="also measure the default recipe with opencv_color=False")
   args = parser.parse_args(argv)
 
   temporary = None
@@ -463,6 +469,9 @@ def main(argv=None):
       if not args.skip_host_part:
         runs.append(("host_part_tf_resize",
                      lambda: cvrl_dataset(pattern, args.crop_size, True, False)))
+    if args.xla_color:
+      runs.append(("cvrl_tf_xla_color",
+                   lambda: cvrl_dataset(pattern, args.crop_size, opencv_color=False)))
     measured = measure_interleaved(runs, args.rounds, args.seconds, args.warmup_seconds,
                                    args.slice_warmup_seconds, args.idle_seconds)
     results = {name: pairs for name, (pairs, _) in measured.items()}
@@ -477,6 +486,9 @@ def main(argv=None):
     if "cvrl_tf_tf_resize" in results:
       print(f"with TF's resize: speed-up over reference "
             f"{results['cvrl_tf_tf_resize'] / results['reference']:.2f}x")
+    if "cvrl_tf_xla_color" in results:
+      print(f"with the colour chain in XLA: speed-up over reference "
+            f"{results['cvrl_tf_xla_color'] / results['reference']:.2f}x")
     if "host_part_tf_resize" in results:
       print(f"with TF's resize: host part / decode limit "
             f"{results['host_part_tf_resize'] / results['decode_only']:.2f}")

@@ -14,13 +14,19 @@ per-view costs are CPU time for a 16 × 224 × 224 view on this machine kind):
 2) OpenCV resizes the 16 windows and mirrors them in one `tf.numpy_function` per view, straight to
    uint8 (`opencv_resize`; 5× faster than TF's bilinear kernel, within 1 grey level of it), with
    no padded canvas (padding every window to a fixed size cost as much as the decode);
-3) everything after the resize — colour jitter, grayscale, blur, solarize — is one XLA-compiled
-   function of the fixed-shape [T, S, S, 3] clip (`use_xla`), traced and compiled once per
-   pipeline and shared by all views; the colour ops run after the resize, on the fewest pixels;
-4) the colour jitter runs only the chosen op at each of its four steps (`tf.switch_case`);
+3) everything after the resize — colour jitter, grayscale, blur, solarize — runs in that same
+   Python function, in OpenCV / NumPy one frame at a time (`opencv_color`,
+   `video_ops.augment_view_host`: ~26 CPU ms per pair against ~70 in XLA); only its random numbers
+   are drawn in TF (`video_ops.draw_view_colors`, under XLA with `use_xla`), so the views are the
+   XLA chain's to float rounding. Without `opencv_color` (or `opencv_resize`), with
+   `temporally_consistent=False` and for `augment_in_step`'s uint8, the colour chain is one
+   XLA-compiled function of the fixed-shape [T, S, S, 3] clip (`use_xla`), traced and compiled
+   once per pipeline and shared by all views; either way the colour ops run after the resize, on
+   the fewest pixels;
+4) in XLA the colour jitter runs only the chosen op at each of its four steps (`tf.switch_case`);
    saturation is a closed form on RGB instead of TF's HSV round trip and the contrast mean a
    two-stage reduction (jitter 12.8 ms instead of 16.4 when applied); the separable Gaussian blur
-   keeps the taps within 4σ (11 instead of 23 on average);
+   keeps the taps within 4σ (11 instead of 23 on average), in XLA and in OpenCV alike;
 5) with `augment_in_step=True` the host stops after crop + resize + flip and yields uint8 (4× fewer
    bytes); the training step then calls `augment_pretrain_batch` (vectorised over the batch,
    XLA-friendly) on the accelerator.
@@ -114,12 +120,19 @@ class PretrainDataConfig:
       (`video_ops.recipe_view`).
     augment_in_step: yield uint8 views that are only cropped and flipped; the training step then
       calls `augment_pretrain_batch` (for hosts whose CPUs cannot keep up with the accelerator).
-    use_xla: compile the per-view colour chain with XLA on the host (same results up to float
-      rounding; ~4× faster on that part). False runs plain TF ops.
+    use_xla: compile the per-view colour chain with XLA on the host (~4× faster on that part than
+      plain TF ops, which False runs). The same recipe but not the same views for a seed: XLA's
+      stateless random numbers differ from TF's kernels'. With opencv_color it decides how the
+      host chain's numbers are drawn, so that switch keeps the views.
     opencv_resize: resize and flip the crop windows with OpenCV in one `tf.numpy_function` per
       view (5× faster than `tf.image.resize` on the host, uint8 out, within 1 grey level of it);
       False: TensorFlow ops only (TF's resize, the flip in XLA), e.g. for tf.data service,
       whose workers cannot run the Python function.
+    opencv_color: with opencv_resize, run the colour chain (jitter, grayscale, blur, solarize)
+      in OpenCV / NumPy in that same Python function, on random numbers drawn in TensorFlow as
+      the compiled chain draws them: the same views to float rounding (max |Δ| ~4e-6) for ~40%
+      of the chain's CPU (benchmarks/RESULTS.md). Ignored (the chain stays in TF / XLA) without
+      opencv_resize, with augment_in_step, and for per-frame draws (temporally_consistent=False).
   """
   reader: ReaderConfig = dataclasses.field(default_factory=ReaderConfig)
   num_frames: int = 16
@@ -134,6 +147,7 @@ class PretrainDataConfig:
   augment_in_step: bool = False
   use_xla: bool = True
   opencv_resize: bool = True
+  opencv_color: bool = True
 
   def __post_init__(self):
     _check_clip("PretrainDataConfig", self.num_frames, self.stride, self.crop_size)
@@ -436,18 +450,51 @@ def _view_function(augmentation: Optional[AugmentationConfig], output: str, use_
   return view_function
 
 
+class _HostColorView:
+  """A view function (as `_view_function`'s, the fallback) whose colour chain can run on the host.
+
+  `from_windows` decodes, resizes, flips and augments a view in one `tf.numpy_function`
+  (`video_ops.decode_and_augment_windows`); its random numbers are drawn in TF by
+  `video_ops.draw_view_colors`, compiled by XLA when the fallback is: XLA's stateless random
+  numbers differ from TF's kernels', and so both paths give one view for one seed.
+  """
+
+  def __init__(self, augmentation: AugmentationConfig, use_xla: bool):
+    self.augmentation = augmentation
+    self.fallback = _view_function(augmentation, "augment", use_xla)
+    draw = lambda seed, blur_probability, solarize_probability: video_ops.draw_view_colors(
+        seed, augmentation, blur_probability, solarize_probability)
+    self.draw = tf.function(draw, jit_compile=True, autograph=False) if use_xla else draw
+
+  def __call__(self, clip, flip, seed, view=1):
+    return self.fallback(clip, flip, seed, view)
+
+  def from_windows(self, jpegs, boxes, flip, seed, view, num_frames, crop_size):
+    """[T, S, S, 3] float32 in [0, 1]: the whole view from one box and one flip coin."""
+    aug = self.augmentation
+    draws = self.draw(seed, tf.constant(aug.blur_probability(view)),
+                      tf.constant(aug.solarize_probability(view)))
+    kernel_size = video_ops.blur_kernel_size(crop_size, aug.blur_kernel_fraction)
+    return video_ops.decode_and_augment_windows(
+        jpegs, boxes, flip, video_ops.ColorDraws(*draws), num_frames, crop_size, kernel_size,
+        aug.solarize_threshold)
+
+
 def _crop_view(jpegs, seed, num_frames, crop_size, area_range, aspect_ratio_range,
                flip_probability, temporally_consistent, make_view, view=1, opencv_resize=True):
   """Decodes, resizes and flips the crop window of each frame, then augments with make_view.
 
-  With opencv_resize, OpenCV resizes and flips (uint8); otherwise TF resizes and make_view flips.
-  The box and flip draws are the same either way.
+  With opencv_resize, OpenCV resizes and flips (uint8), and a `_HostColorView` also runs the
+  colour chain there; otherwise TF resizes and make_view flips. The box, flip and colour draws are
+  the same either way.
   """
   seeds = video_ops.split_seed(seed, 3)
   size = _frame_size(jpegs)
   num_boxes = 1 if temporally_consistent else num_frames
   boxes = video_ops.sample_crop_boxes(size, seeds[0], num_boxes, area_range, aspect_ratio_range)
   flip = tf.random.stateless_uniform([num_boxes], seeds[1]) < flip_probability
+  if opencv_resize and isinstance(make_view, _HostColorView) and temporally_consistent:
+    return make_view.from_windows(jpegs, boxes, flip, seeds[2], view, num_frames, crop_size)
   if opencv_resize:
     clip = video_ops.decode_resize_and_flip_windows(jpegs, boxes, flip, num_frames, crop_size)
     return make_view(clip, None, seeds[2], view)
@@ -516,6 +563,9 @@ def make_pretrain_example(serialized: tf.Tensor, seed: tf.Tensor, config: Pretra
 
 
 def _pretrain_view_function(config: PretrainDataConfig):
+  if (config.opencv_color and config.opencv_resize and not config.augment_in_step
+      and config.augmentation.temporally_consistent):
+    return _HostColorView(config.augmentation, config.use_xla)
   output = "uint8" if config.augment_in_step else "augment"
   return _view_function(config.augmentation, output, config.use_xla)
 

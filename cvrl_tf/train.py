@@ -46,7 +46,7 @@ RESUMABLE_CHANGES = (
     "train.max_steps", "train.log_every_steps", "train.steps_per_loop", "train.keep_checkpoints",
     "train.strategy", "train.tpu", "train.init_checkpoint", "data.reader.file_pattern",
     "data.reader.cycle_length", "data.augment_in_step", "data.use_xla", "data.opencv_resize",
-    "derived",
+    "data.opencv_color", "derived",
     # Data that moved (another bucket, a new mount): every experiment type's data groups.
     "train_data.reader.file_pattern", "eval_data.reader.file_pattern",
     "bank_data.reader.file_pattern", "evaluation.label_map")

@@ -13,11 +13,14 @@ per frame when False (the paper's ablation).
 Float images are in [0, 1]. The recipe and its defaults are SPEC §2; `AugmentationConfig` holds
 every probability and strength, and `augment_view` applies the whole colour/blur/solarize chain to one
 cropped view. `augment_clips` is the same chain vectorised over a batch `[B, T, H, W, C]`, for
-running the augmentations inside the training step on an accelerator.
+running the augmentations inside the training step on an accelerator. `augment_view_host` is the
+same chain again in OpenCV / NumPy, for the host pipeline: it runs in the `tf.numpy_function` that
+resizes and flips (`decode_and_augment_windows`), on random numbers drawn in TF
+(`draw_view_colors`), and gives `augment_view`'s values to float rounding.
 """
 
 import dataclasses
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import cv2
 import numpy as np
@@ -563,6 +566,226 @@ def resize_and_flip_frames(size: int, flip: np.ndarray, *frames: np.ndarray) -> 
   return out
 
 
+# The colour chain on the host: `augment_view_with`'s values for a temporally consistent view,
+# computed in OpenCV / NumPy inside the `tf.numpy_function` that resizes and flips. The draws stay
+# in TensorFlow (`draw_view_colors`, the same seeds as the XLA chain); only the pixels move.
+
+
+class ColorDraws(NamedTuple):
+  """The random numbers of one temporally consistent view's colour chain (tensors or NumPy).
+
+  Attributes:
+    jitter: bool scalar, whether the colour jitter runs.
+    factors: [4] float32: brightness, contrast and saturation factors, hue shift in turns.
+    order: [4] int32: the jitter's ops in the order they run (0 brightness, 1 contrast,
+      2 saturation, 3 hue).
+    grayscale, blur, solarize: bool scalars, whether each op runs.
+    sigma: float32 scalar, the blur's σ.
+  """
+  jitter: tf.Tensor
+  factors: tf.Tensor
+  order: tf.Tensor
+  grayscale: tf.Tensor
+  blur: tf.Tensor
+  sigma: tf.Tensor
+  solarize: tf.Tensor
+
+
+def draw_view_colors(seed: tf.Tensor, config: AugmentationConfig, blur_probability,
+                     solarize_probability) -> ColorDraws:
+  """What `augment_view_with` draws for a temporally consistent view with the same arguments.
+
+  The same `split_seed` tree as `augment_view_with` → `random_color_jitter` → `color_jitter`,
+  `random_grayscale`, `random_gaussian_blur` and `random_solarize`, so the same numbers (tested)
+  when both run alike: XLA's stateless random numbers differ from TF's kernels', so draw under
+  XLA to match the XLA-compiled chain, with TF's kernels to match the plain one.
+
+  Args:
+    seed: [2] int seed.
+    config: the recipe.
+    blur_probability, solarize_probability: the view's (floats or scalar tensors).
+
+  Returns:
+    `ColorDraws` of tensors.
+  """
+  seeds = split_seed(seed, 4)  # jitter, grayscale, blur, solarize
+  jitter_seeds = split_seed(seeds[0], 2)  # coin, then color_jitter's
+  factor_seeds = split_seed(jitter_seeds[1], 2)  # factors, order
+  factors = _jitter_factors(factor_seeds[0], 1, config.brightness, config.contrast,
+                            config.saturation, config.hue)
+  blur_seeds = split_seed(seeds[2], 2)  # coin, σ
+  return ColorDraws(
+      jitter=_bernoulli(jitter_seeds[0], [1], config.color_jitter_probability)[0],
+      factors=tf.concat(factors, axis=0),
+      order=_random_order(factor_seeds[1], 1)[0],
+      grayscale=_bernoulli(seeds[1], [1], config.grayscale_probability)[0],
+      blur=_bernoulli(blur_seeds[0], [1], blur_probability)[0],
+      sigma=_uniform(blur_seeds[1], [1], *config.blur_sigma_range)[0],
+      solarize=_bernoulli(seeds[3], [1], solarize_probability)[0])
+
+
+# `tf.image.rgb_to_grayscale`'s weights, as a 1 × 3 `cv2.transform` matrix.
+_GREY_WEIGHTS = np.array([[0.2989, 0.5870, 0.1140]], np.float32)
+
+
+def _truncate_at_one(image):
+  cv2.threshold(image, 1.0, 1.0, cv2.THRESH_TRUNC, dst=image)
+
+
+def _adjust_brightness_host(brightness):
+  def adjust(frame):
+    np.multiply(frame, np.float32(brightness), out=frame)
+    if brightness > 1.0:  # x · b <= 1 otherwise, and b >= 0
+      _truncate_at_one(frame)
+    return frame
+  return adjust
+
+
+def _adjust_contrast_host(contrast, mean):
+  # (x − mean) · c + mean = c · x + (1 − c) · mean per channel: one 3 × 4 affine map.
+  matrix = np.concatenate([contrast * np.eye(3), ((1.0 - contrast) * mean)[:, None]], axis=1)
+  matrix = matrix.astype(np.float32)
+
+  def adjust(frame):
+    cv2.transform(frame, matrix, dst=frame)
+    cv2.threshold(frame, 0.0, 0.0, cv2.THRESH_TOZERO, dst=frame)  # x > 0 ? x : 0
+    _truncate_at_one(frame)
+    return frame
+  return adjust
+
+
+def _saturate_and_rotate_hue_host(saturation, hue):
+  """`adjust_saturation` (factor or None) and `adjust_hue` (turns or None), one HSV round trip.
+
+  Saturation changes only S and hue only H, so one round trip serves both (in either order).
+  OpenCV's float HSV has H in degrees and wraps H >= 360 but not H < 0, hence the shift taken
+  modulo one turn.
+  """
+  def adjust(frame):
+    cv2.cvtColor(frame, cv2.COLOR_RGB2HSV, dst=frame)
+    if saturation is not None:
+      s = frame[..., 1]
+      np.multiply(s, np.float32(saturation), out=s)
+      if saturation > 1.0:  # S <= 1, so S · k <= 1 otherwise
+        np.minimum(s, np.float32(1.0), out=s)
+    if hue is not None:
+      h = frame[..., 0]
+      np.add(h, np.float32(hue % 1.0 * 360.0), out=h)
+    cv2.cvtColor(frame, cv2.COLOR_HSV2RGB, dst=frame)
+    return frame
+  return adjust
+
+
+def _jitter_ops_host(order, factors, mean=None):
+  """`color_jitter`'s ops in `order` (0 brightness, 1 contrast, 2 saturation, 3 hue) as frame ->
+  frame functions; contrast needs the clip's channel `mean` [3] at that point of the chain."""
+  brightness, contrast, saturation, hue = (float(f) for f in factors)
+  ops, k = [], 0
+  while k < len(order):
+    if order[k] == 0:
+      ops.append(_adjust_brightness_host(brightness))
+    elif order[k] == 1:
+      ops.append(_adjust_contrast_host(contrast, mean))
+    else:
+      # Saturation and hue next to each other share one HSV round trip (half of the orders).
+      both = k + 1 < len(order) and order[k + 1] >= 2
+      ops.append(_saturate_and_rotate_hue_host(saturation if both or order[k] == 2 else None,
+                                               hue if both or order[k] == 3 else None))
+      k += both
+    k += 1
+  return ops
+
+
+def _blur_host(sigma, kernel_size):
+  """`gaussian_blur` of one frame [S, S] or [S, S, 3], in place: the same taps, zero padding."""
+  sigma = np.float32(sigma)
+  # `blur_radius`: 4σ rounded up to even, at most kernel_size // 2.
+  radius = min(2 * int(np.ceil(np.float32(2.0) * sigma)), kernel_size // 2)
+  x = np.arange(-radius, radius + 1, dtype=np.float32)
+  taps = np.exp(-np.square(x) / (np.float32(2.0) * np.square(sigma)))
+  taps /= taps.sum()
+
+  def blur(frame):
+    cv2.sepFilter2D(frame, -1, taps, taps, dst=frame, borderType=cv2.BORDER_CONSTANT)
+    _truncate_at_one(frame)  # the taps may sum to 1 + ε; blurred values stay >= 0
+    return frame
+  return blur
+
+
+def _solarize_host(threshold, scratch):
+  # scratch: a buffer of at least one frame's values, for 1 − x.
+  def solarize(frame):
+    inverted = scratch[:frame.size].reshape(frame.shape)
+    np.subtract(np.float32(1.0), frame, out=inverted)
+    if threshold == 0.5:  # x below 0.5, 1 − x at or above: the smaller of the two
+      return np.minimum(frame, inverted, out=frame)
+    np.copyto(frame, inverted, where=frame >= threshold)
+    return frame
+  return solarize
+
+
+def augment_view_host(clip: np.ndarray, draws: ColorDraws, kernel_size: int,
+                      solarize_threshold: float = 0.5) -> np.ndarray:
+  """`augment_view_with` on a temporally consistent view with the given draws (OpenCV / NumPy).
+
+  The same values as the XLA chain on `clip / 255` for the same draws, to float rounding (tested:
+  max |Δ| < 1e-5): uint8 → [0, 1]; the jitter in its order (brightness, contrast with the mean
+  over the clip, saturation and hue through OpenCV's float HSV; clipped after each); grayscale;
+  the Gaussian blur with zero padding; solarize; values in [0, 1]. OpenCV runs single-threaded
+  here (`cv2.setNumThreads(0)` above), so the result is deterministic.
+
+  The chain takes one frame at a time through all its ops while the frame is in cache: op by op
+  over the whole clip, each pass waits on memory and the chain costs 2.5× more. Only the contrast
+  needs the whole clip (its mean), so a chain with contrast makes two sweeps over the frames.
+
+  Args:
+    clip: [T, S, S, 3] uint8, the resized and flipped crop.
+    draws: `ColorDraws` as NumPy values (from `draw_view_colors`).
+    kernel_size: the blur's `blur_kernel_size` for S.
+    solarize_threshold: pixels at or above it are inverted.
+
+  Returns:
+    [T, S, S, 3] float32 in [0, 1].
+  """
+  num_frames, size = clip.shape[:2]
+  view = np.empty(clip.shape, np.float32)
+  order = [int(op) for op in draws.order] if draws.jitter else []
+  split = order.index(1) if 1 in order else len(order)  # the contrast's step
+  tail = []
+  if draws.grayscale:
+    # One plane [S, S] from here: blur and solarize then cost a third.
+    plane = np.empty((size, size), np.float32)
+    tail.append(lambda frame: cv2.transform(frame, _GREY_WEIGHTS, dst=plane))
+  if draws.blur:
+    tail.append(_blur_host(draws.sigma, kernel_size))
+  if draws.solarize:
+    tail.append(_solarize_host(solarize_threshold, np.empty(size * size * 3, np.float32)))
+  # 1) uint8 → [0, 1] (TF's cast and scale, bit for bit) and the jitter up to the contrast.
+  first = _jitter_ops_host(order[:split], draws.factors)
+  if split == len(order):
+    first += tail
+  sums = np.zeros(3)
+  for t in range(num_frames):
+    frame = np.multiply(clip[t], np.float32(1.0 / 255.0), out=view[t])
+    for op in first:
+      frame = op(frame)
+    if split < len(order):
+      sums += cv2.sumElems(frame)[:3]
+    elif frame.ndim == 2:
+      cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB, dst=view[t])
+  if split == len(order):
+    return view
+  # 2) The contrast with the clip's mean, the rest of the jitter, grayscale, blur, solarize.
+  second = _jitter_ops_host(order[split:], draws.factors, sums / (num_frames * size * size))
+  second += tail
+  for t in range(num_frames):
+    frame = view[t]
+    for op in second:
+      frame = op(frame)
+    if frame.ndim == 2:
+      cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB, dst=view[t])
+  return view
+
 def decode_resize_and_flip_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor,
                                    num_frames: int, size: int) -> tf.Tensor:
   """Decodes the crop window of each JPEG frame, resizes it to size × size and mirrors it (host).
@@ -590,6 +813,41 @@ def decode_resize_and_flip_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.
                            tf.uint8, stateful=False)
   clip.set_shape([num_frames, size, size, 3])
   return clip
+
+
+def decode_and_augment_windows(jpegs: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor,
+                               draws: ColorDraws, num_frames: int, size: int, kernel_size: int,
+                               solarize_threshold: float = 0.5) -> tf.Tensor:
+  """`decode_resize_and_flip_windows`, then the colour chain on the host: the whole view.
+
+  One `tf.numpy_function` per view runs OpenCV's resize and flip and `augment_view_host` with
+  `draws` (from `draw_view_colors`): the values of the XLA chain to float rounding, for ~40% of
+  its CPU time. Temporally consistent views only (one draw per clip).
+
+  Args:
+    jpegs: [num_frames] tf.string, all frames of one size.
+    boxes: [1, 4] (offset_y, offset_x, height, width), one box for the clip.
+    flip: [1] bool, mirror horizontally.
+    draws: `ColorDraws` of tensors.
+    num_frames: static T.
+    size: output side.
+    kernel_size: the blur's `blur_kernel_size(size, ...)`.
+    solarize_threshold: pixels at or above it are inverted.
+
+  Returns:
+    [T, size, size, 3] float32 in [0, 1] with its static shape.
+  """
+  windows = _decode_windows(jpegs, boxes, num_frames)
+  num_draws = len(ColorDraws._fields)
+
+  def resize_flip_and_augment(flip, *args):
+    clip = resize_and_flip_frames(size, flip, *args[num_draws:])
+    return augment_view_host(clip, ColorDraws(*args[:num_draws]), kernel_size, solarize_threshold)
+
+  view = tf.numpy_function(resize_flip_and_augment, [flip, *draws, *windows], tf.float32,
+                           stateful=False)
+  view.set_shape([num_frames, size, size, 3])
+  return view
 
 
 def decode_jpeg_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: int,

@@ -312,6 +312,30 @@ def test_opencv_and_tf_resize_draw_the_same_boxes_and_flips(consistent):
     assert np.abs(got[key] - expected[key]).mean() < 2 / 255
 
 
+def test_opencv_colour_gives_the_compiled_chain_views():
+  # opencv_color on (the default) and off: the same boxes, flips and colour draws (drawn under XLA,
+  # as the compiled chain draws them: XLA's random numbers are not TF's kernels'), so views equal
+  # to float rounding. tests/test_video_ops.py compares the chains over many draws without XLA.
+  record = tf.constant(_video(_textured_frames(30)))
+  host = ip.PretrainDataConfig(num_frames=4, stride=2, crop_size=32, augmentation=BUSY)
+  assert host.use_xla and host.opencv_color and host.opencv_resize
+  chain = dataclasses.replace(host, opencv_color=False)
+  host_views, chain_views = ip._pretrain_view_function(host), ip._pretrain_view_function(chain)
+  assert isinstance(host_views, ip._HostColorView)
+  for i in range(4):
+    got = _example_views(record, [i, 7], host, host_views)
+    expected = _example_views(record, [i, 7], chain, chain_views)
+    for key in ("view_1", "view_2"):
+      assert got[key].dtype == np.float32 and got[key].shape == (4, 32, 32, 3)
+      np.testing.assert_allclose(got[key], expected[key], atol=1e-5, rtol=0)
+    assert not np.allclose(got["view_1"], got["view_2"], atol=0.05)
+  # The chain stays in TF where the host cannot run it or must not.
+  for change in ({"opencv_resize": False}, {"augment_in_step": True},
+                 {"augmentation": dataclasses.replace(BUSY, temporally_consistent=False)}):
+    assert not isinstance(ip._pretrain_view_function(dataclasses.replace(host, **change)),
+                          ip._HostColorView)
+
+
 def test_classification_clips_opencv_and_tf_resize_agree(records):
   record = tf.constant(_video(_textured_frames(30)))
   opencv = ip.ClassificationTrainDataConfig(num_frames=4, stride=2, crop_size=16, use_xla=False)

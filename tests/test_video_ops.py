@@ -516,6 +516,121 @@ def test_gaussian_blur_per_image_sigmas():
     np.testing.assert_allclose(got[i], _reference_blur(x.numpy()[i:i + 1], sigma, 23)[0], atol=2e-4)
 
 
+# The colour chain on the host (OpenCV / NumPy) against the XLA chain.
+
+# Every coin often both ways; blur taps up to radius 8 at 32² (kernel 17): all of the radii
+# 2, 4, 6, 8 that σ ~ U(0.1, 2) picks.
+COIN_TOSS = AugmentationConfig(color_jitter_probability=0.9, grayscale_probability=0.3,
+                               blur_probability_view_1=0.6, blur_probability_view_2=0.4,
+                               solarize_probability_view_1=0.5, solarize_probability_view_2=0.5,
+                               blur_kernel_fraction=0.5)
+
+
+def _natural_clip(num_frames=4, size=32):
+  """[T, S, S, 3] uint8: smooth colour gradients, a saturated hard-edged box, grey, black and white
+  bands, mild noise; the scene drifts a pixel per frame."""
+  rng = np.random.default_rng(11)
+  yy, xx = np.mgrid[0:size, 0:size] / size
+  frames = []
+  for t in range(num_frames):
+    u = xx + t / size
+    frame = np.stack([255 * u, 200 * yy + 30, 128 + 100 * np.sin(6 * (u + yy))], -1)
+    frame[size // 4:size // 2, size // 4 + t:size // 2 + t] = [250, 20, 100]
+    frame[:3] = 128  # grey: no hue, S = 0
+    frame[-3:] = 255  # white
+    frame[:, :2] = 0  # black
+    frames.append(frame + rng.normal(0, 2, frame.shape))
+  return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+
+
+def _host_and_tf_views(clip, config, seeds):
+  """(host views, TF chain's views, NumPy draws) of `seeds`' views (alternately views 1 and 2).
+
+  Plain TF (one graph over all seeds, no XLA), draws included: tests/test_input_pipeline.py
+  compares the pipeline's host views with its XLA chain, drawn with XLA's own random numbers.
+  """
+  views = np.arange(len(seeds)) % 2 + 1
+  blur = tf.constant([config.blur_probability(int(v)) for v in views])
+  solar = tf.constant([config.solarize_probability(int(v)) for v in views])
+
+  @tf.function
+  def chain_and_draws(clip, seeds):
+    def one(args):
+      seed, blur_probability, solarize_probability = args
+      # As input_pipeline's view function: uint8 -> [0, 1], then the chain.
+      view = video_ops.augment_view_with(tf.cast(clip, tf.float32) * (1.0 / 255.0), seed,
+                                         config, blur_probability, solarize_probability)
+      return view, video_ops.draw_view_colors(seed, config, blur_probability,
+                                              solarize_probability)
+    return tf.map_fn(one, (seeds, blur, solar), fn_output_signature=(
+        tf.float32, video_ops.ColorDraws(tf.bool, tf.float32, tf.int32, tf.bool, tf.bool,
+                                         tf.float32, tf.bool)))
+
+  expected, drawn = chain_and_draws(tf.constant(clip), tf.constant(seeds, tf.int64))
+  drawn = [v.numpy() for v in drawn]
+  draws = [video_ops.ColorDraws(*[v[i] for v in drawn]) for i in range(len(seeds))]
+  kernel_size = video_ops.blur_kernel_size(clip.shape[2], config.blur_kernel_fraction)
+  got = [video_ops.augment_view_host(clip, d, kernel_size, config.solarize_threshold)
+         for d in draws]
+  return np.stack(got), expected.numpy(), draws
+
+
+def test_host_colour_chain_is_the_tf_chain_for_many_draws():
+  clip = _natural_clip()
+  got, expected, draws = _host_and_tf_views(clip, COIN_TOSS, [[i, 3] for i in range(160)])
+  assert got.dtype == np.float32 and got.shape == (160, 4, 32, 32, 3)
+  assert got.min() >= 0 and got.max() <= 1
+  worst = np.abs(got - expected).max(axis=(1, 2, 3, 4))
+  assert worst.max() <= 1e-5, (worst.argmax(), worst.max(), draws[worst.argmax()])
+  # The draws covered the chain: every order of the jitter (each of the 24 several times), every
+  # coin both ways, factors on both sides of 1, and all four blur radii.
+  jittered = [d for d in draws if d.jitter]
+  orders = [tuple(d.order) for d in jittered]
+  assert len(set(orders)) == 24 and min(orders.count(o) for o in set(orders)) >= 2
+  for coin in ("jitter", "grayscale", "blur", "solarize"):
+    assert 0 < sum(bool(getattr(d, coin)) for d in draws) < len(draws), coin
+  factors = np.stack([d.factors for d in jittered])
+  assert (factors[:, :3].min(axis=0) < 1).all() and (factors[:, :3].max(axis=0) > 1).all()
+  assert factors[:, 3].min() < 0 < factors[:, 3].max()
+  radii = {min(2 * int(np.ceil(2 * d.sigma)), 8) for d in draws if d.blur}
+  assert radii == {2, 4, 6, 8}
+  # The chain changed the views: the comparison is not of two identities.
+  assert (np.abs(got - clip / 255.0).max(axis=(1, 2, 3, 4)) > 0.05).mean() > 0.9
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_host_solarize_is_solarize(threshold):
+  x = np.concatenate([np.linspace(0, 1, 101), [threshold, 0.5]]).astype(np.float32)
+  x = np.tile(x[:, None, None], (1, 2, 3))  # [103, 2, 3], values at and around the threshold
+  expected = video_ops.solarize(tf.constant(x), threshold).numpy()
+  got = video_ops._solarize_host(threshold, np.empty(x.size, np.float32))(x.copy())
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_draw_view_colors_are_the_chain_ops_own_draws():
+  # The split tree of augment_view_with -> random_color_jitter -> color_jitter, random_grayscale,
+  # random_gaussian_blur, random_solarize, with each op's own sampler.
+  config = AugmentationConfig()
+  split = video_ops.split_seed
+  for i in range(20):
+    seed = tf.constant([i, 4], tf.int64)
+    seeds = split(seed, 4)
+    jitter = split(seeds[0], 2)
+    factor_seeds = split(jitter[1], 2)
+    blur = split(seeds[2], 2)
+    expected = (video_ops._bernoulli(jitter[0], [1], 0.8)[0],
+                tf.concat(video_ops._jitter_factors(factor_seeds[0], 1, 0.8, 0.8, 0.8, 0.2), 0),
+                video_ops._random_order(factor_seeds[1], 1)[0],
+                video_ops._bernoulli(seeds[1], [1], 0.2)[0],
+                video_ops._bernoulli(blur[0], [1], 0.1)[0],
+                video_ops._uniform(blur[1], [1], 0.1, 2.0)[0],
+                video_ops._bernoulli(seeds[3], [1], 0.2)[0])
+    got = video_ops.draw_view_colors(seed, config, config.blur_probability(2),
+                                     config.solarize_probability(2))
+    for value, reference in zip(got, expected):
+      np.testing.assert_array_equal(value.numpy(), reference.numpy())
+
+
 # Temporal consistency.
 
 ALWAYS = AugmentationConfig(color_jitter_probability=1.0, grayscale_probability=0.0,
