@@ -67,6 +67,18 @@ def _run(experiment, workdir, *args, check=True):
   return result
 
 
+def _refused(experiment, workdir, *overrides, capsys):
+  """(exit code, stderr) of `train.run_experiment` in this process, for runs its checks refuse
+  before anything runs: what `python -m cvrl_tf.train` returns and prints then (the command
+  itself is checked once, in test_evaluation_refuses_a_backbone_that_did_not_load), without a
+  TensorFlow import per case."""
+  from cvrl_tf import train
+  capsys.readouterr()
+  config = cfg.load_experiment(experiment, ["model.depth=10", *overrides])
+  code = train.run_experiment(config, workdir, tf.distribute.get_strategy(), log=lambda _: None)
+  return code, capsys.readouterr().err
+
+
 def _eval_args(data, *extra):
   return [f"--config=train_data.reader.file_pattern={data['train']}",
           f"--config=eval_data.reader.file_pattern={data['val']}",
@@ -162,47 +174,51 @@ def test_knn_of_the_demo_pretraining(data, pretrained, tmp_path):
   assert "kNN (k=32" in result.stdout
 
 
-def test_evaluation_refuses_a_backbone_that_did_not_load(data, pretrained, tmp_path):
+def test_evaluation_refuses_a_backbone_that_did_not_load(data, pretrained, tmp_path, capsys):
   # No checkpoint at all: refused unless the random baseline is asked for explicitly.
   # All refused by the checks before training (cvrl_tf.preflight): exit 2, no workdir made.
   result = _run("demo_linear_eval", str(tmp_path / "none"), *_eval_args(data), check=False)
   assert result.returncode == 2 and "train.init_checkpoint is empty" in result.stderr
+  eval_overrides = [arg.removeprefix("--config=") for arg in _eval_args(data)]
   # A checkpoint of another architecture: the error names it and the first mismatch.
-  result = _run("demo_linear_eval", str(tmp_path / "wide"),
-                f"--init_checkpoint={os.path.join(pretrained, 'checkpoints')}",
-                "--config=model.stage_filters=16,32,64,256", *_eval_args(data), check=False)
-  assert result.returncode == 2
-  assert "matches this backbone neither" in result.stderr and pretrained in result.stderr
+  code, stderr = _refused(
+      "demo_linear_eval", str(tmp_path / "wide"),
+      f"train.init_checkpoint={os.path.join(pretrained, 'checkpoints')}",
+      "model.stage_filters=16,32,64,256", *eval_overrides, capsys=capsys)
+  assert code == 2
+  assert "matches this backbone neither" in stderr and pretrained in stderr
   # A path that is not there.
-  result = _run("demo_knn", str(tmp_path / "missing"), "--init_checkpoint=/no/such/ckpt",
-                f"--config=bank_data.reader.file_pattern={data['train']}",
-                f"--config=eval_data.reader.file_pattern={data['val']}", check=False)
-  assert result.returncode == 2 and "/no/such/ckpt" in result.stderr
+  code, stderr = _refused("demo_knn", str(tmp_path / "missing"),
+                          "train.init_checkpoint=/no/such/ckpt",
+                          f"bank_data.reader.file_pattern={data['train']}",
+                          f"eval_data.reader.file_pattern={data['val']}", capsys=capsys)
+  assert code == 2 and "/no/such/ckpt" in stderr
   assert not any((tmp_path / name).exists() for name in ("none", "wide", "missing"))
 
 
-def test_labels_outside_the_classifier_fail_naming_the_video(data, tmp_path):
-  args = ["--config=evaluation.allow_random_backbone=true", "--config=bank_data.num_clips=1",
-          "--config=eval_data.num_clips=1"]
+def test_labels_outside_the_classifier_fail_naming_the_video(data, tmp_path, capsys):
+  args = ["evaluation.allow_random_backbone=true", "bank_data.num_clips=1",
+          "eval_data.num_clips=1"]
   # A label map that disagrees with num_classes (8, the labels all in range): caught before
   # anything runs.
   six = tmp_path / "six_classes.txt"
   six.write_text(schema.format_label_map([f"class {i}" for i in range(6)]))
-  result = _run("demo_knn", str(tmp_path / "map"), *args, f"--config=evaluation.label_map={six}",
-                f"--config=bank_data.reader.file_pattern={data['train']}",
-                f"--config=eval_data.reader.file_pattern={data['val']}", check=False)
-  assert result.returncode == 2
-  assert "names 6 classes but evaluation.num_classes is 8" in result.stderr
-  args.append("--config=evaluation.num_classes=4")
+  code, stderr = _refused("demo_knn", str(tmp_path / "map"), *args,
+                          f"evaluation.label_map={six}",
+                          f"bank_data.reader.file_pattern={data['train']}",
+                          f"eval_data.reader.file_pattern={data['val']}", capsys=capsys)
+  assert code == 2
+  assert "names 6 classes but evaluation.num_classes is 8" in stderr
+  args.append("evaluation.num_classes=4")
   # Without a label map, the first record whose label has no logit names its video (a small
   # split has every label read before anything runs).
   bare = tmp_path / "bare"
   bare.mkdir()
   for path in data["root"].glob("*.tfrecord"):
     shutil.copy(path, bare / path.name)
-  result = _run("demo_knn", str(tmp_path / "labels"), *args,
-                f"--config=bank_data.reader.file_pattern={bare / 'train-*'}",
-                f"--config=eval_data.reader.file_pattern={bare / 'val-*'}", check=False)
-  assert result.returncode == 2
-  assert "outside [0, evaluation.num_classes=4)" in result.stderr and "train_4_" in result.stderr
+  code, stderr = _refused("demo_knn", str(tmp_path / "labels"), *args,
+                          f"bank_data.reader.file_pattern={bare / 'train-*'}",
+                          f"eval_data.reader.file_pattern={bare / 'val-*'}", capsys=capsys)
+  assert code == 2
+  assert "outside [0, evaluation.num_classes=4)" in stderr and "train_4_" in stderr
   assert not (tmp_path / "labels").exists() and not (tmp_path / "map").exists()
