@@ -20,6 +20,7 @@ resizes and flips (`decode_and_augment_windows`), on random numbers drawn in TF
 """
 
 import dataclasses
+import functools
 from typing import NamedTuple, Tuple
 
 import cv2
@@ -633,8 +634,10 @@ def _truncate_at_one(image):
 
 
 def _adjust_brightness_host(brightness):
+  factor = np.float32(brightness)
+
   def adjust(frame):
-    np.multiply(frame, np.float32(brightness), out=frame)
+    np.multiply(frame, factor, out=frame)
     if brightness > 1.0:  # x · b <= 1 otherwise, and b >= 0
       _truncate_at_one(frame)
     return frame
@@ -648,10 +651,22 @@ def _adjust_contrast_host(contrast, mean):
 
   def adjust(frame):
     cv2.transform(frame, matrix, dst=frame)
-    cv2.threshold(frame, 0.0, 0.0, cv2.THRESH_TOZERO, dst=frame)  # x > 0 ? x : 0
+    if contrast > 1.0:  # else c · x + (1 − c) · mean is a sum of products of values >= 0
+      cv2.threshold(frame, 0.0, 0.0, cv2.THRESH_TOZERO, dst=frame)  # x > 0 ? x : 0
     _truncate_at_one(frame)
     return frame
   return adjust
+
+
+@functools.lru_cache(maxsize=8)
+def _saturation_bound(shape):
+  """A read-only HSV frame of `shape` [S, S, 3] holding (∞, 1, ∞): clips S at 1 in one `cv2.min`
+  (NumPy's minimum on the strided S channel costs 3×; `cv2.min` with a scalar builds this frame
+  on every call)."""
+  bound = np.full(shape, np.inf, np.float32)
+  bound[..., 1] = 1.0
+  bound.flags.writeable = False
+  return bound
 
 
 def _saturate_and_rotate_hue_host(saturation, hue):
@@ -661,17 +676,52 @@ def _saturate_and_rotate_hue_host(saturation, hue):
   OpenCV's float HSV has H in degrees and wraps H >= 360 but not H < 0, hence the shift taken
   modulo one turn.
   """
+  shift = None if hue is None else np.float32(hue % 1.0 * 360.0)
+  # With a saturation (here: with the hue, or above 1 — `_desaturate_host` takes it alone below 1):
+  # one 3 × 4 `cv2.transform` on HSV, (H, S, V) -> (H + shift, k · S, V), the same roundings as
+  # NumPy's strided ops on S and H, and `cv2.min` for the clip: ~130 against ~200 µs per 224²
+  # frame for both with the clip. The hue alone: one strided NumPy sum is the cheaper.
+  matrix = None
+  if saturation is not None:
+    matrix = np.diag([1.0, saturation, 1.0, 0.0])[:3].astype(np.float32)
+    matrix[0, 3] = 0.0 if shift is None else shift
+
   def adjust(frame):
     cv2.cvtColor(frame, cv2.COLOR_RGB2HSV, dst=frame)
-    if saturation is not None:
-      s = frame[..., 1]
-      np.multiply(s, np.float32(saturation), out=s)
+    if matrix is not None:
+      cv2.transform(frame, matrix, dst=frame)
       if saturation > 1.0:  # S <= 1, so S · k <= 1 otherwise
-        np.minimum(s, np.float32(1.0), out=s)
-    if hue is not None:
+        cv2.min(frame, _saturation_bound(frame.shape), dst=frame)
+    else:
       h = frame[..., 0]
-      np.add(h, np.float32(hue % 1.0 * 360.0), out=h)
+      np.add(h, shift, out=h)
     cv2.cvtColor(frame, cv2.COLOR_HSV2RGB, dst=frame)
+    return frame
+  return adjust
+
+
+def _desaturate_host(saturation):
+  """`adjust_saturation` for a factor k <= 1 in closed form (as `adjust_saturation`): every
+  channel x -> V − k · (V − x), V = max(r, g, b) per pixel; no HSV round trip.
+
+  For k <= 1 the factor is never clipped (k' = min(k, V / (V − m)) = k), and the result stays in
+  [0, V]: no clip either. Split, two maxima, V on 3 channels, subtract and scale-add cost 40% less
+  than the round trip with NumPy's strided S product (~120 against ~200 µs per 224² frame).
+  """
+  factor = -float(np.float32(saturation))
+  buffers = []
+
+  def adjust(frame):
+    if not buffers:  # [S, S] planes r, g, b, V, and V on 3 channels, once per view
+      buffers.extend(np.empty(frame.shape[:2], np.float32) for _ in range(4))
+      buffers.append(np.empty_like(frame))
+    *planes, value, values = buffers
+    cv2.split(frame, planes)
+    cv2.max(planes[0], planes[1], dst=value)
+    cv2.max(value, planes[2], dst=value)
+    cv2.cvtColor(value, cv2.COLOR_GRAY2RGB, dst=values)
+    cv2.subtract(values, frame, dst=frame)  # V − x >= 0
+    cv2.scaleAdd(frame, factor, values, dst=frame)  # V − k · (V − x)
     return frame
   return adjust
 
@@ -686,6 +736,8 @@ def _jitter_ops_host(order, factors, mean=None):
       ops.append(_adjust_brightness_host(brightness))
     elif order[k] == 1:
       ops.append(_adjust_contrast_host(contrast, mean))
+    elif order[k] == 2 and saturation <= 1.0 and not (k + 1 < len(order) and order[k + 1] == 3):
+      ops.append(_desaturate_host(saturation))
     else:
       # Saturation and hue next to each other share one HSV round trip (half of the orders).
       both = k + 1 < len(order) and order[k + 1] >= 2
@@ -765,8 +817,13 @@ def augment_view_host(clip: np.ndarray, draws: ColorDraws, kernel_size: int,
   if split == len(order):
     first += tail
   sums = np.zeros(3)
+  scale = np.float32(1.0 / 255.0)
   for t in range(num_frames):
-    frame = np.multiply(clip[t], np.float32(1.0 / 255.0), out=view[t])
+    # TF's cast then scale: a cast and an in-place float product cost ~35% less than NumPy's mixed
+    # uint8 × float32 multiply (its casting loop), for the same values.
+    frame = view[t]
+    np.copyto(frame, clip[t])
+    np.multiply(frame, scale, out=frame)
     for op in first:
       frame = op(frame)
     if split < len(order):
