@@ -4,6 +4,7 @@ free loopback ports for multi-worker tests."""
 import fractions
 import os
 import socket
+import sys
 from typing import Optional, Sequence
 
 import av
@@ -71,6 +72,13 @@ def coded_video(tmp_path):
     return write_video(os.path.join(tmp_path, name), [coded_frame(i) for i in range(n)],
                        fps=fps, **kwargs)
   return make
+
+
+def python_c(code: str) -> list:
+  """[python, -c, code] for a test's TensorFlow script, which then ends by freezing its heap as
+  the commands do (cvrl_tf.cli): its exit skips ~2 s of CPU of finalisation garbage collection
+  (benchmarks/command_exit.py)."""
+  return [sys.executable, "-c", f"{code}\nimport gc\ngc.freeze()\n"]
 
 
 def deterministic_run_env(**extra) -> dict:

@@ -4,7 +4,6 @@ kernel, the synchronized statistics through one all-reduce (two replicas, one re
 import json
 import os
 import subprocess
-import sys
 import textwrap
 
 import keras
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import python_c
 from cvrl_tf import batch_norm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +172,7 @@ def two_replica_inputs():
 def two_replicas():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  run = subprocess.run([sys.executable, "-c", _TWO_REPLICAS], capture_output=True, text=True,
+  run = subprocess.run([*python_c(_TWO_REPLICAS)], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
   return json.loads(run.stdout.split("RESULT", 1)[1])

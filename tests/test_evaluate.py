@@ -7,13 +7,13 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import free_ports
+from conftest import python_c
 from cvrl_tf import classify
 from cvrl_tf import evaluate
 from cvrl_tf import input_pipeline
@@ -393,7 +393,7 @@ def test_every_video_is_read_by_exactly_one_host(tiny_run, split, expected):
 def _evaluation_process(root, kinds, output, env=None):
   code = (f"import sys; sys.path.insert(0, {TESTS!r}); import worker_tasks; "
           "worker_tasks.evaluation_results(*sys.argv[1:])")
-  return subprocess.Popen([sys.executable, "-c", code, root, kinds, str(output)], cwd=REPO,
+  return subprocess.Popen([*python_c(code), root, kinds, str(output)], cwd=REPO,
                           env=env or dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

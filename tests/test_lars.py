@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 import textwrap
 
 import keras
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import python_c
 from cvrl_tf import lars, schedules
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,7 +230,7 @@ _TWO_DEVICES = textwrap.dedent("""
 def test_two_replicas_train_like_one():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  run = subprocess.run([sys.executable, "-c", _TWO_DEVICES], capture_output=True, text=True,
+  run = subprocess.run([*python_c(_TWO_DEVICES)], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=240)
   assert run.returncode == 0, run.stderr[-3000:]
   result = json.loads(run.stdout.split("RESULT", 1)[1])

@@ -8,13 +8,13 @@ conv_implementation=auto), whose Conv2D / MatMul kernels have float16 CPU versio
 import json
 import os
 import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import python_c
 from cvrl_tf import classify
 from cvrl_tf import config as cfg
 from cvrl_tf import loss_scale
@@ -300,7 +300,7 @@ def test_an_overflow_on_one_replica_skips_the_step_on_every_replica():
   # A real MirroredStrategy (the merge_call path): replica 1's gradient overflows, replica 0's
   # does not. Both skip, with the scale halved on both copies; the next step applies the sum.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-  result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
+  result = subprocess.run([*python_c(MIRRORED_SCRIPT)], capture_output=True,
                           text=True, cwd=REPO, env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.strip().splitlines()[-1])

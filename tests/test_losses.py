@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import free_ports
+from conftest import python_c
 from cvrl_tf import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,7 +258,7 @@ def _common():
 
 def test_two_replicas_give_the_loss_and_gradients_of_one():
   # Logical devices must exist before TF initialises: a fresh interpreter.
-  run = subprocess.run([sys.executable, "-c", _TWO_DEVICES], capture_output=True, text=True,
+  run = subprocess.run([*python_c(_TWO_DEVICES)], capture_output=True, text=True,
                        env=_env(), cwd=REPO, timeout=240)
   assert run.returncode == 0, run.stderr[-3000:]
   result = json.loads(run.stdout.split("RESULT", 1)[1])
@@ -759,7 +760,7 @@ _RHO_TWO_DEVICES = _two_devices(_RHO_COMMON)
 
 def test_rho_losses_two_replicas_give_the_values_of_one():
   # Logical devices must exist before TF initialises: a fresh interpreter.
-  run = subprocess.run([sys.executable, "-c", _RHO_TWO_DEVICES], capture_output=True, text=True,
+  run = subprocess.run([*python_c(_RHO_TWO_DEVICES)], capture_output=True, text=True,
                        env=_env(), cwd=REPO, timeout=240)
   assert run.returncode == 0, run.stderr[-3000:]
   result = json.loads(run.stdout.split("RESULT", 1)[1])

@@ -5,12 +5,12 @@ import json
 import math
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import python_c
 from cvrl_tf import config as cfg
 from cvrl_tf import input_pipeline
 from cvrl_tf import pretrain
@@ -228,7 +228,7 @@ print(json.dumps(results))
 def test_two_replicas_step_like_one_replica(objective):
   objectives = [objective]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-c", TWO_REPLICAS, ",".join(objectives)],
+  result = subprocess.run([*python_c(TWO_REPLICAS), ",".join(objectives)],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   runs = json.loads(result.stdout.strip().splitlines()[-1])

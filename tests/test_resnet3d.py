@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 import textwrap
 import typing
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import python_c
 from cvrl_tf import backbone_checkpoint
 from cvrl_tf import config as cfg
 from cvrl_tf import convolutions
@@ -384,7 +384,7 @@ _ONEDNN_SCRIPT = textwrap.dedent("""
 def test_every_implementation_equals_conv3d_with_onednn():
   # oneDNN's kernels (the default of `python -m cvrl_tf.train`) in a process of their own.
   env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2")
-  run = subprocess.run([sys.executable, "-c", _ONEDNN_SCRIPT % (CONV_CASES,)],
+  run = subprocess.run([*python_c(_ONEDNN_SCRIPT % (CONV_CASES,))],
                        capture_output=True, text=True, env=env, timeout=300)
   assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
 
@@ -628,7 +628,7 @@ _SYNC_BN_SCRIPT = textwrap.dedent("""
 def test_sync_batch_norm_across_two_replicas_equals_one_device():
   # Logical devices must exist before TF initialises: a fresh interpreter.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  run = subprocess.run([sys.executable, "-c", _SYNC_BN_SCRIPT], capture_output=True, text=True,
+  run = subprocess.run([*python_c(_SYNC_BN_SCRIPT)], capture_output=True, text=True,
                        env=env, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
   result = json.loads(run.stdout.split("RESULT", 1)[1])

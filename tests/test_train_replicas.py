@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from conftest import deterministic_run_env
 from conftest import free_ports
+from conftest import python_c
 from test_train import OBJECTIVES
 from test_train import REPO
 from test_train import _copy
@@ -111,7 +112,7 @@ def test_two_replicas_train_like_one_and_the_loop_reduces_once_per_call():
   # test_replicated_input_is_order_stable_and_split_by_rows.)
   import json
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-c", LOOP_SCRIPT], capture_output=True,
+  result = subprocess.run([*python_c(LOOP_SCRIPT)], capture_output=True,
                           text=True, cwd=REPO, env=env, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   runs = json.loads(result.stdout.strip().splitlines()[-1])
@@ -202,7 +203,7 @@ for strategy in (tf.distribute.get_strategy(), tf.distribute.MirroredStrategy(["
   min_max = runtime.min_max_over_replicas(strategy)
   print(min_max(7), min_max(0))
 '''
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+  result = subprocess.run([*python_c(script)], capture_output=True, text=True,
                           cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split("\n")[:2] == ["(7, 7) (0, 0)", "(7, 7) (0, 0)"]
