@@ -451,23 +451,21 @@ def _view_function(augmentation: Optional[AugmentationConfig], output: str, use_
 
 
 class _HostColorView:
-  """A view function (as `_view_function`'s, the fallback) whose colour chain can run on the host.
+  """The view maker of a pipeline whose colour chain runs on the host (`_pretrain_view_function`
+  returns it only for temporally consistent views with opencv_resize and opencv_color).
 
   `from_windows` decodes, resizes, flips and augments a view in one `tf.numpy_function`
   (`video_ops.decode_and_augment_windows`); its random numbers are drawn in TF by
-  `video_ops.draw_view_colors`, compiled by XLA when the fallback is: XLA's stateless random
-  numbers differ from TF's kernels', and so both paths give one view for one seed.
+  `video_ops.draw_view_colors`, compiled by XLA when the XLA chain would be (use_xla): XLA's
+  stateless random numbers differ from TF's kernels', and so both chains give one view for one
+  seed.
   """
 
   def __init__(self, augmentation: AugmentationConfig, use_xla: bool):
     self.augmentation = augmentation
-    self.fallback = _view_function(augmentation, "augment", use_xla)
     draw = lambda seed, blur_probability, solarize_probability: video_ops.draw_view_colors(
         seed, augmentation, blur_probability, solarize_probability)
     self.draw = tf.function(draw, jit_compile=True, autograph=False) if use_xla else draw
-
-  def __call__(self, clip, flip, seed, view=1):
-    return self.fallback(clip, flip, seed, view)
 
   def from_windows(self, jpegs, boxes, flip, seed, view, num_frames, crop_size):
     """[T, S, S, 3] float32 in [0, 1]: the whole view from one box and one flip coin."""
@@ -493,7 +491,7 @@ def _crop_view(jpegs, seed, num_frames, crop_size, area_range, aspect_ratio_rang
   num_boxes = 1 if temporally_consistent else num_frames
   boxes = video_ops.sample_crop_boxes(size, seeds[0], num_boxes, area_range, aspect_ratio_range)
   flip = tf.random.stateless_uniform([num_boxes], seeds[1]) < flip_probability
-  if opencv_resize and isinstance(make_view, _HostColorView) and temporally_consistent:
+  if isinstance(make_view, _HostColorView):
     return make_view.from_windows(jpegs, boxes, flip, seeds[2], view, num_frames, crop_size)
   if opencv_resize:
     clip = video_ops.decode_resize_and_flip_windows(jpegs, boxes, flip, num_frames, crop_size)
