@@ -188,7 +188,10 @@ def _encode_h264(local_path: str, frames: np.ndarray, fps: int) -> None:
     stream = container.add_stream("libx264", rate=fps)
     stream.width, stream.height = frames.shape[2], frames.shape[1]
     stream.pix_fmt = "yuv420p"
-    stream.options = {"preset": "veryfast", "crf": "20"}
+    # cpu-independent: without it x264's assembly on AVX-512 CPUs gave other bytes from run to run
+    # for the same frames (2 to 4 versions of a clip in 5 encodes, 2026-11-30); the demo set must
+    # be the same bytes for one seed on any machine.
+    stream.options = {"preset": "veryfast", "crf": "20", "x264-params": "cpu-independent=1"}
     for frame in frames:
       for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
         container.mux(packet)

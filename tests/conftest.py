@@ -11,6 +11,12 @@ import av
 import numpy as np
 import pytest
 
+# TensorFlow turns its oneDNN kernels on by itself on CPUs with AVX-512 VNNI and leaves them off on
+# others (the AVX2 machines this suite was written on): the tests in this process would compute
+# with other kernels, and other rounding, on another machine kind. Off, as cvrl_tf's deterministic
+# runs have it; the tests of oneDNN itself set it in their own processes. Before TensorFlow loads.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 
 def coded_frame(index: int, height: int = 48, width: int = 64) -> np.ndarray:
   """A flat grey frame whose level encodes `index` (survives lossy codecs): [H, W, 3] uint8."""
