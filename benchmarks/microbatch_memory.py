@@ -67,10 +67,15 @@ WORKER = textwrap.dedent('''
       while not done.is_set():
         highest[0] = max(highest[0], resident())
         time.sleep(0.002)
-    if accelerators:
-      tf.config.experimental.reset_memory_stats(accelerators[0].name)
-      before = tf.config.experimental.get_memory_info(accelerators[0].name)["current"]
-    else:
+    # The device's allocator statistics where it keeps them: GPU / TPU, and the CPU when oneDNN
+    # is on (its allocator is a BFC pool with statistics); otherwise malloc's, sampled.
+    device = (accelerators or tf.config.list_logical_devices("CPU"))[0].name
+    try:
+      tf.config.experimental.reset_memory_stats(device)
+      before = tf.config.experimental.get_memory_info(device)["current"]
+      source = "allocator"
+    except ValueError:
+      device, source = None, "malloc"
       before = resident()
       threading.Thread(target=sample, daemon=True).start()
     times = []
@@ -79,11 +84,11 @@ WORKER = textwrap.dedent('''
       values = [float(v) for v in step(features)]
       times.append(time.perf_counter() - start)
     done.set()
-    peak = (tf.config.experimental.get_memory_info(accelerators[0].name)["peak"]
-            if accelerators else max(highest[0], resident()))
+    peak = (tf.config.experimental.get_memory_info(device)["peak"] if device
+            else max(highest[0], resident()))
     print(json.dumps({"peak": peak, "traced": before, "loss": values[0],
-                      "seconds": float(np.median(times)),
-                      "device": accelerators[0].name if accelerators else "CPU"}))
+                      "seconds": float(np.median(times)), "source": source,
+                      "device": (accelerators[0].name if accelerators else "CPU")}))
 ''')
 
 
@@ -117,7 +122,7 @@ def main():
   for k in ks:
     r = results[k] = run(args, k)
     print(f"k={k}  peak {r['peak'] / 2**20:8.1f} MiB  step {(r['peak'] - r['traced']) / 2**20:8.1f}"
-          f" MiB  {r['seconds']:.2f} s/step  loss {r['loss']:.5f}  ({r['device']})", flush=True)
+          f" MiB  {r['seconds']:.2f} s/step  loss {r['loss']:.5f}  ({r['device']}, {r['source']})", flush=True)
   first, last = results[ks[0]], results[ks[-1]]
   ratio = (last["peak"] - last["traced"]) / max(first["peak"] - first["traced"], 1)
   print(f"step memory k={ks[-1]} / k={ks[0]}: {ratio:.2f}")

@@ -338,7 +338,7 @@ def device_type() -> str:
 @functools.lru_cache(maxsize=None)
 def onednn_enabled() -> bool:
   """Whether TensorFlow runs oneDNN kernels in this process (TF_ENABLE_ONEDNN_OPTS, read by
-  TensorFlow when it loads; TF 2.21 leaves them off on AMD CPUs unless the variable is 1)."""
+  TensorFlow when it loads; TF 2.21 leaves them off on AVX2-only CPUs unless the variable is 1)."""
   try:
     from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   except ImportError:  # A TensorFlow without the query: Eigen's choices are the safe ones.

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import host_buffers
+
 # OpenCV runs every function in the calling thread: tf.data already resizes many clips at once
 # (one `tf.numpy_function` per clip on each of its map threads), and OpenCV's own pool on top
 # would put more busy threads than cores on the host, waiting for each other.
@@ -542,6 +544,11 @@ def _decode_windows(jpegs: tf.Tensor, boxes: tf.Tensor, num_frames: int) -> list
           for t in range(num_frames)]
 
 
+# The host pipeline's clips and views: aligned, so that TensorFlow adopts them without a copy, and
+# made from buffers TensorFlow has released (no fresh pages per view): host_buffers.
+_BUFFERS = host_buffers.BufferPool()
+
+
 def resize_and_flip_frames(size: int, flip: np.ndarray, *frames: np.ndarray) -> np.ndarray:
   """OpenCV's bilinear resize of each frame to size × size, mirrored where `flip` says (NumPy).
 
@@ -559,7 +566,7 @@ def resize_and_flip_frames(size: int, flip: np.ndarray, *frames: np.ndarray) -> 
     [T, size, size, 3] uint8.
   """
   flip = np.broadcast_to(flip, [len(frames)])
-  out = np.empty((len(frames), size, size, 3), np.uint8)
+  out = _BUFFERS.take((len(frames), size, size, 3), np.uint8)
   for t, frame in enumerate(frames):
     cv2.resize(frame, (size, size), dst=out[t], interpolation=cv2.INTER_LINEAR)
     if flip[t]:
@@ -800,7 +807,7 @@ def augment_view_host(clip: np.ndarray, draws: ColorDraws, kernel_size: int,
     [T, S, S, 3] float32 in [0, 1].
   """
   num_frames, size = clip.shape[:2]
-  view = np.empty(clip.shape, np.float32)
+  view = _BUFFERS.take(clip.shape, np.float32)
   order = [int(op) for op in draws.order] if draws.jitter else []
   split = order.index(1) if 1 in order else len(order)  # the contrast's step
   tail = []

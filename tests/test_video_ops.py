@@ -598,6 +598,19 @@ def test_host_colour_chain_is_the_tf_chain_for_many_draws():
   assert (np.abs(got - clip / 255.0).max(axis=(1, 2, 3, 4)) > 0.05).mean() > 0.9
 
 
+def test_host_clips_and_views_are_aligned_for_tensorflow():
+  # Aligned, TF adopts them without a copy (tests/test_host_buffers.py).
+  clip = np.zeros((3, 20, 30, 3), np.uint8)
+  resized = video_ops.resize_and_flip_frames(224, np.array([True]), *clip)
+  draws = video_ops.ColorDraws(False, np.ones(4, np.float32), np.arange(4), False, False,
+                               np.float32(1.0), False)
+  view = video_ops.augment_view_host(resized, draws, 23)
+  for array in (resized, view):
+    assert array.ctypes.data % 64 == 0 and array.flags.c_contiguous
+  assert view.ctypes.data != resized.ctypes.data  # both alive: two buffers
+  np.testing.assert_array_equal(view, 0.0)
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.3])
 def test_host_solarize_is_solarize(threshold):
   x = np.concatenate([np.linspace(0, 1, 101), [threshold, 0.5]]).astype(np.float32)
