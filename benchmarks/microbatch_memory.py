@@ -8,9 +8,11 @@ device, a fixed batch of random clips (no input pipeline: its buffers are not wh
 change), the replica step traced first, then `--steps` steps. Reported per k:
 
   peak      the process's peak memory during the timed steps: get_memory_info's "peak" on a
-            GPU / TPU, on a CPU the most bytes in use from malloc (glibc's mallinfo2, sampled
-            every 2 ms: TensorFlow's CPU allocator keeps no statistics, and the resident set
-            keeps what the allocator freed)
+            GPU / TPU, and on a CPU with oneDNN on (on by default here, as cvrl_tf.train has it:
+            TensorFlow's CPU allocator is then a BFC pool that keeps statistics); with oneDNN
+            off, the most bytes in use from malloc (glibc's mallinfo2, sampled every 2 ms: the
+            plain CPU allocator keeps none, and the resident set keeps what malloc freed).
+            The last column of each line says which.
   step      that peak minus the memory in use before the timed steps (after one untimed step:
             model, optimizer state and the optimised graph are in both): the activations and
             temporaries one step adds
@@ -95,7 +97,10 @@ WORKER = textwrap.dedent('''
 def run(args, k: int) -> dict:
   overrides = [f"train.global_batch_size={args.batch}", f"train.microbatches={k}",
                f"objective.name={args.objective}", *args.config]
+  # oneDNN on unless the caller chose, as cvrl_tf.train runs: its CPU allocator (a BFC pool)
+  # keeps the statistics that get_memory_info reads, so the peak is exact, not sampled.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
   result = subprocess.run(
       [sys.executable, "-c", WORKER, args.experiment, str(args.steps), json.dumps(overrides)],
       capture_output=True, text=True, cwd=REPO, env=env, check=False)
