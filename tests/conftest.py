@@ -13,9 +13,17 @@ import pytest
 
 # TensorFlow turns its oneDNN kernels on by itself on CPUs with AVX-512 VNNI and leaves them off on
 # others (the AVX2 machines this suite was written on): the tests in this process would compute
-# with other kernels, and other rounding, on another machine kind. Off, as cvrl_tf's deterministic
-# runs have it; the tests of oneDNN itself set it in their own processes. Before TensorFlow loads.
+# with other kernels, and other rounding, on another machine kind. So this process loads
+# TensorFlow with them off, as cvrl_tf's deterministic runs have it (TensorFlow reads the variable
+# once, when it loads). The tests' own subprocesses get the caller's environment back: each test
+# that starts one says what it needs.
+_CALLER_ONEDNN = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from tensorflow.python.util import _pywrap_util_port  # noqa: E402  pylint: disable=g-import-not-at-top
+
+_pywrap_util_port.IsMklEnabled()  # read now, whatever the environment says later
+if _CALLER_ONEDNN is None:
+  del os.environ["TF_ENABLE_ONEDNN_OPTS"]
 
 
 def coded_frame(index: int, height: int = 48, width: int = 64) -> np.ndarray:
