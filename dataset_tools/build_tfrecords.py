@@ -155,6 +155,9 @@ def _print_summary(report, output_dir: str) -> None:
           f"{len(shards):>8}")
   if report.skipped_shards:
     print(f"resumed: {report.skipped_shards} shard(s) were already complete")
+  if report.rebuilt_shards:
+    print(f"rebuilt: {report.rebuilt_shards} shard(s) whose videos changed since they were "
+          "written (paths, sizes or modification times)")
   if report.videos_decoded:
     print(f"decoded {report.videos_decoded} videos in {report.seconds:.1f} s "
           f"({report.videos_decoded / max(report.seconds, 1e-9):.1f} videos/s)")

@@ -234,7 +234,7 @@ def test_plan_is_deterministic_and_mixes_classes():
 def test_hung_decode_is_stopped_and_reported(tmp_path):
   entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=str(tmp_path / "x.mp4"),
                                     relative_path="x.mp4", label="a") for i in range(2)]
-  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=1.0,
+  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=1.0,
                              task=worker_tasks.hang)
   start = time.monotonic()
   try:
@@ -248,7 +248,7 @@ def test_hung_decode_is_stopped_and_reported(tmp_path):
 def test_crashed_worker_is_reported(tmp_path):
   entries = [annotations.VideoEntry(split="train", key="k", path=str(tmp_path / "x.mp4"),
                                     relative_path="x.mp4", label="a")]
-  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=30,
+  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=30,
                              task=worker_tasks.crash)
   try:
     (_, result), = decoder.decode_in_order(entries)
