@@ -471,6 +471,7 @@ class BuildReport:
   seconds: float
   skipped_shards: int          # complete and unchanged: not rewritten
   rebuilt_shards: int = 0      # complete but written from videos that changed since
+  counters: Dict[str, int] = dataclasses.field(default_factory=dict)  # the Beam pipeline's
 
   @property
   def failure_fraction(self) -> float:
