@@ -7,85 +7,25 @@ dataset_info.json and failures.csv from the shards' summaries (`builder.finish`)
 go in which shard, and their order, come from the plan alone, never from Beam's bundles, so the
 bytes equal the local runner's, and a retried shard writes the same bytes again.
 
-Offline by default: Beam's "DirectRunner" tries Prism first, a runner that downloads a binary
-when it starts. Without a runner of the user's, or for "DirectRunner", this module asks for the
-FnApiRunner (the DirectRunner's own batch engine) with one worker process per core.
+Offline by default: beam_options.py pins the FnApiRunner unless the user names a runner.
 
 Apache Beam is an optional dependency (`pip install -e '.[beam]'`): only this module imports it.
 """
 
-import contextlib
-import io
-import shlex
 import time
 from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.options.pipeline_options import StandardOptions
 
+from dataset_tools import beam_options
 from dataset_tools import builder
 from dataset_tools.annotations import VideoEntry
 from dataset_tools.video_decode import VideoDecodeError
 
 NAMESPACE = "cvrl_build"
-# Runner names that mean "this machine": run as the FnApiRunner (no Prism, no download).
-_LOCAL_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
-
-
-def pipeline_options(text: str, num_workers: int) -> PipelineOptions:
-  """PipelineOptions from `--beam_pipeline_options` text (shell syntax).
-
-  Without a runner (or with DirectRunner): the FnApiRunner in `multi_processing` mode with
-  `num_workers` worker processes, unless `text` sets --direct_running_mode /
-  --direct_num_workers itself.
-
-  Raises:
-    ValueError naming --beam_pipeline_options and what was wrong (unbalanced quotes, a word that
-    is not an option, an unknown option, a bad value).
-  """
-  flag = "--beam_pipeline_options"
-  try:
-    args = shlex.split(text or "")
-  except ValueError as e:
-    raise ValueError(f"{flag}={text!r} is not shell syntax ({e})") from None
-  stray = [a for a in args if not a.startswith("--")]
-  if stray:
-    raise ValueError(f"{flag}: {stray[0]!r} is not an option; give Beam options as "
-                     "--name=value, e.g. \"--runner=DataflowRunner --project=P --region=R\"")
-  options = _parse(flag, args)
-  given = options.get_all_options(drop_default=True)
-  if given.get("runner") in _LOCAL_RUNNERS:
-    defaults = ["--direct_running_mode=multi_processing", f"--direct_num_workers={num_workers}"]
-    args = defaults + args + ["--runner=FnApiRunner"]   # the last of an option wins
-    options = _parse(flag, args)
-  return options
-
-
-def _parse(flag: str, args: Sequence[str]) -> PipelineOptions:
-  options = PipelineOptions(list(args))
-  errors = io.StringIO()
-  try:
-    # argparse prints its whole usage and exits on a bad value: keep its last line.
-    with contextlib.redirect_stderr(errors):
-      known = options.get_all_options()
-  except SystemExit:
-    lines = errors.getvalue().strip().splitlines() or ["invalid value"]
-    raise ValueError(f"{flag}: {lines[-1]}") from None
-  unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(known))
-  if unknown:
-    raise ValueError(f"{flag}: unknown Beam option(s) {', '.join('--' + u for u in unknown)} "
-                     "(Beam's options: python -m apache_beam.examples.wordcount --help)")
-  return options
-
-
-def runs_in_this_process(options: PipelineOptions) -> bool:
-  """Whether the DoFns run in this process (the FnApiRunner's `in_memory` mode)."""
-  return (options.view_as(StandardOptions).runner == "FnApiRunner"
-          and options.view_as(DirectOptions).direct_running_mode == "in_memory")
 
 
 def _check_in_memory_paths(entries: Sequence[VideoEntry], output_dir: str, num_decoders: int,
@@ -94,7 +34,7 @@ def _check_in_memory_paths(entries: Sequence[VideoEntry], output_dir: str, num_d
                if p.startswith("ram://")]
   if not in_memory:
     return
-  if not runs_in_this_process(options):
+  if not beam_options.runs_in_this_process(options):
     raise builder.BuildError(
         f"{in_memory[0]} is on ram://, which lives in this process only: Beam's worker processes "
         "cannot reach it; pass --beam_pipeline_options=\"--direct_running_mode=in_memory\"")
@@ -172,7 +112,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
           num_shards: Optional[int], num_decoders: int, timeout_s: Optional[float],
           label_map: Optional[Sequence[str]], overwrite: bool,
           options: PipelineOptions) -> builder.BuildReport:
-  """`builder.build` as a Beam pipeline run with `options` (see `pipeline_options`).
+  """`builder.build` as a Beam pipeline run with `options` (beam_options.pipeline_options).
 
   Args:
     num_decoders: decoding processes per DoFn instance (1: one video at a time, killed after

@@ -437,8 +437,10 @@ def test_cli_file_list_of_absolute_paths_to_ram(tmp_path):
   assert os.listdir(cwd) == [] and local_folders_named_like_urls(str(tmp_path)) == []
 
 
-def test_cli_hmdb51_official_splits(tmp_path):
-  splits, videos = tmp_path / "testTrainMulti_7030_splits", tmp_path / "hmdb51_org"
+def _hmdb51(root):
+  """HMDB-51 in miniature: (split folder, video folder) as pathlib paths; classes "wave" and
+  "brush_hair", videos a (train), b (test), c (unused) of split 1."""
+  splits, videos = root / "testTrainMulti_7030_splits", root / "hmdb51_org"
   os.makedirs(splits)
   for i, label in enumerate(("wave", "brush_hair")):
     os.makedirs(videos / label)
@@ -447,6 +449,11 @@ def test_cli_hmdb51_official_splits(tmp_path):
                   [coded_frame(5 * i + j) for j in range(4)], codec="mjpeg")
     (splits / f"{label}_test_split1.txt").write_text(
         f"{label}_a.avi 1 \n{label}_b.avi 2 \n{label}_c.avi 0 \n")
+  return splits, videos
+
+
+def test_cli_hmdb51_official_splits(tmp_path):
+  splits, videos = _hmdb51(tmp_path)
   out = tmp_path / "out"
   result = _cli(f"--hmdb51_splits={splits}", "--split_id=1", f"--video_dir={videos}",
                 f"--output_dir={out}", "--short_side=0", "--num_workers=0")
