@@ -12,15 +12,14 @@ import os
 import pathlib
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from conftest import coded_frame, local_folders_named_like_urls, write_video
 from cvrl_tf import storage
 from dataset_tools import annotations, beam_options, beam_runner, builder
-from test_build_tfrecords import (SCRIPT, _cli, _copy_tree, _entries, _hmdb51, _kinetics,
-                                  _tree_bytes, _ucf101)
+from test_build_tfrecords import (SCRIPT, _cli, _entries, _hmdb51, _kinetics, _tree_bytes,
+                                  _ucf101, _ucf101_on_ram)
 
 SETTINGS = builder.BuildSettings(fps=25.0, short_side=32)   # float, as the command line gives it
 
@@ -148,14 +147,8 @@ def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path):
 
 
 def test_ram_inputs_and_outputs_leave_nothing_on_local_disk(tmp_path, monkeypatch):
-  _ucf101(str(tmp_path / "made_locally"))
-  root = f"ram://beam_test_{uuid.uuid4().hex[:8]}"
-  _copy_tree(str(tmp_path / "made_locally"), root)
-  cwd = tmp_path / "cwd"
-  cwd.mkdir()
-  monkeypatch.chdir(cwd)
-  entries, label_map = annotations.read_ucf101_splits(
-      storage.join(root, "ucfTrainTestlist"), storage.join(root, "UCF-101"), 1)
+  # The in_memory mode: ram:// exists in this process only (gs:// is what it stands for).
+  root, cwd, entries, label_map = _ucf101_on_ram(tmp_path, monkeypatch)
   with pytest.raises(builder.BuildError, match="Beam's worker processes cannot reach it"):
     beam_runner.build(entries, storage.join(root, "x"), SETTINGS, num_shards=2, num_decoders=0,
                       timeout_s=None, label_map=label_map, overwrite=False,

@@ -371,10 +371,10 @@ def _records(paths):
           for raw in tf.data.TFRecordDataset(paths)]
 
 
-def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
-  # ram:// stands for gs://: the inputs (split files, videos) and every output live there, and
-  # nothing may reach the local disk (os.makedirs("ram://x") would make a folder "./ram:").
-  splits, videos = _ucf101(str(tmp_path / "made_locally"))
+def _ucf101_on_ram(tmp_path, monkeypatch):
+  """_ucf101 copied to a fresh ram:// folder, and the run moved to an empty folder `cwd`:
+  (ram root, cwd, entries, label map)."""
+  _ucf101(str(tmp_path / "made_locally"))
   root = f"ram://builder_test_{uuid.uuid4().hex[:8]}"
   _copy_tree(str(tmp_path / "made_locally"), root)
   cwd = tmp_path / "cwd"
@@ -382,6 +382,13 @@ def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
   monkeypatch.chdir(cwd)
   entries, label_map = annotations.read_ucf101_splits(
       storage.join(root, "ucfTrainTestlist"), storage.join(root, "UCF-101"), 1)
+  return root, cwd, entries, label_map
+
+
+def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
+  # ram:// stands for gs://: the inputs (split files, videos) and every output live there, and
+  # nothing may reach the local disk (os.makedirs("ram://x") would make a folder "./ram:").
+  root, cwd, entries, label_map = _ucf101_on_ram(tmp_path, monkeypatch)
   out = storage.join(root, "tfrecords")
   with pytest.raises(builder.BuildError, match="worker processes cannot read it; pass "
                                                "--num_workers=0"):
