@@ -142,8 +142,15 @@ def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path):
   assert report.summaries["train"][0].frames + report.summaries["train"][1].frames == 3 * 4 + 3
   _local(_entries(csvs, videos), tmp_path / "fresh", None)
   assert _tree_bytes(str(out)) == _tree_bytes(str(tmp_path / "fresh"))
-  # And the local runner, same code, finds nothing to do.
+  # The local runner, same code, finds nothing to do; then rebuilds a val video's shard.
   assert _local(_entries(csvs, videos), out, None).skipped_shards == 4
+  changed = next(pathlib.Path(videos, "val").glob("*.mp4"))
+  write_video(str(changed), [coded_frame(1)] * 2)
+  report = _local(_entries(csvs, videos), out, None)
+  shard, = [s for s in builder.read_plan(str(out), "val")
+            if changed.stem in [e.key for e in s.entries]]
+  assert (report.rebuilt_shards, report.skipped_shards, report.videos_decoded) == (
+      1, 3, len(shard.entries))
 
 
 def test_ram_inputs_and_outputs_leave_nothing_on_local_disk(tmp_path, monkeypatch):
