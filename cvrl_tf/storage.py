@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -95,6 +95,12 @@ def size(path: str) -> int:
 def mtime_ns(path: str) -> int:
   """Modification time in ns (0 on file systems that keep none, such as ram://)."""
   return gfile.stat(path).mtime_nsec
+
+
+def size_and_mtime_ns(path: str) -> Tuple[int, int]:
+  """(bytes, modification time in ns) of the file `path`, from one stat (one request on gs://)."""
+  stat = gfile.stat(path)
+  return stat.length, stat.mtime_nsec
 
 
 def listdir(path: str) -> List[str]:

@@ -23,6 +23,12 @@ Writes `{split}-{i:05d}-of-{n:05d}.tfrecord`, `label_map.txt`, `dataset_info.jso
 `failures.csv` into --output_dir. Re-running the same command resumes where it stopped.
 Add --dry_run first to see what the build will cost. Every input and output may be local or on
 any file system of tf.io.gfile (`gs://bucket/...`); `--num_workers=0` decodes in this process.
+
+The same build as an Apache Beam pipeline (`pip install -e '.[beam]'`), with the same bytes:
+on this machine's worker processes (Beam's FnApiRunner, offline), or on Dataflow, Flink or Spark
+with their options (BUILD.md has the commands):
+  python dataset_tools/build_tfrecords.py --csv=... --video_dir=... --output_dir=... \
+      --runner=beam [--beam_pipeline_options="--runner=DataflowRunner --project=P ..."]
 """
 
 import csv
@@ -40,6 +46,7 @@ from absl import flags
 # MB per worker). main() imports them.
 
 MODES = ("csv", "class_dirs", "file_list", "ucf101_splits", "hmdb51_splits")
+RUNNERS = ("local", "beam")
 FLAGS = flags.FLAGS
 flags.DEFINE_list("csv", None, "Kinetics annotation CSV(s): label,youtube_id,time_start,"
                   "time_end,split[,is_cc]; needs --video_dir.")
@@ -66,8 +73,16 @@ flags.DEFINE_integer("short_side", 256, "Stored short side in pixels (0 keeps th
 flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality, 1..100.")
 flags.DEFINE_integer("num_shards", None, "Shards per split (default: ~150 MB per shard, "
                      "estimated from the clip durations).")
-flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores); 0 decodes "
-                     "in this process, without --timeout_s.")
+flags.DEFINE_integer("num_workers", None, "Decoding processes (default: all cores; with "
+                     "--runner=beam: per Beam worker, default 1); 0 decodes in this process, "
+                     "without --timeout_s.")
+flags.DEFINE_enum("runner", "local", RUNNERS, "local: a pool of --num_workers processes on this "
+                  "machine; beam: an Apache Beam pipeline (same bytes), see "
+                  "--beam_pipeline_options.")
+flags.DEFINE_string("beam_pipeline_options", None, "With --runner=beam: Beam's options, e.g. "
+                    "\"--runner=DataflowRunner --project=P --region=R --temp_location=gs://...\"; "
+                    "default: this machine, one Beam worker process per core "
+                    "(FnApiRunner, multi_processing).")
 flags.DEFINE_string("label_map", None, "Reuse this label_map.txt (one label per line) instead "
                     "of building one from the training labels.")
 flags.DEFINE_float("timeout_s", 300.0, "Give up on a video whose decoding takes longer "
@@ -91,10 +106,37 @@ def _input_mode() -> str:
   if mode in ("ucf101_splits", "hmdb51_splits") and FLAGS.label_map:
     raise app.UsageError(f"--{mode} takes the official label order from the split files; "
                          "drop --label_map")
+  if FLAGS.beam_pipeline_options and FLAGS.runner != "beam":
+    raise app.UsageError("--beam_pipeline_options is for --runner=beam (got --runner="
+                         f"{FLAGS.runner})")
   if FLAGS.num_workers is not None and FLAGS.num_workers < 0:
     raise app.UsageError(f"--num_workers must be >= 0 (0: decode in this process), got "
                          f"{FLAGS.num_workers}")
   return mode
+
+
+def _cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _beam_options():
+  """--runner=beam's PipelineOptions, checked before anything is read or decoded."""
+  try:
+    from dataset_tools import beam_options
+  except ImportError as e:
+    if (e.name or "").split(".")[0] != "apache_beam":
+      raise
+    raise app.UsageError("--runner=beam needs Apache Beam, which is not installed here: "
+                         "pip install -e '.[beam]' (or use --runner=local, the default)")
+  # The DirectRunner's worker processes import dataset_tools by name: they find this checkout
+  # through PYTHONPATH when the project is not installed.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # local-only: ours
+  os.environ["PYTHONPATH"] = os.pathsep.join(
+      p for p in (root, os.environ.get("PYTHONPATH")) if p)
+  try:
+    return beam_options.pipeline_options(FLAGS.beam_pipeline_options, _cores())
+  except ValueError as e:
+    raise app.UsageError(str(e))
 
 
 def _read_entries(mode: str):
@@ -153,8 +195,13 @@ def _print_summary(report, output_dir: str) -> None:
     print(f"{split:<12}{sum(s.videos for s in shards):>9}{failed:>9}{partial:>9}"
           f"{sum(s.frames for s in shards):>12}{_size(sum(s.bytes for s in shards)):>11}"
           f"{len(shards):>8}")
+  if report.counters:
+    print("Beam counters: " + ", ".join(f"{k}={v}" for k, v in report.counters.items()))
   if report.skipped_shards:
     print(f"resumed: {report.skipped_shards} shard(s) were already complete")
+  if report.rebuilt_shards:
+    print(f"rebuilt: {report.rebuilt_shards} shard(s) whose videos changed since they were "
+          "written (paths, sizes or modification times)")
   if report.videos_decoded:
     print(f"decoded {report.videos_decoded} videos in {report.seconds:.1f} s "
           f"({report.videos_decoded / max(report.seconds, 1e-9):.1f} videos/s)")
@@ -172,6 +219,7 @@ def main(argv):
   if not FLAGS.output_dir and not FLAGS.dry_run:
     raise app.UsageError("--output_dir is required")
   mode = _input_mode()
+  beam_options = _beam_options() if FLAGS.runner == "beam" else None
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads and writes files here
   import tensorflow as tf
   from cvrl_tf import schema
@@ -186,8 +234,7 @@ def main(argv):
                                    jpeg_quality=FLAGS.jpeg_quality)
   num_workers = FLAGS.num_workers
   if num_workers is None:
-    num_workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count())
+    num_workers = _cores()
   try:
     if FLAGS.label_map:
       label_map = schema.read_label_map(FLAGS.label_map)
@@ -196,10 +243,18 @@ def main(argv):
                                  timeout_s=FLAGS.timeout_s)
       _print_dry_run(estimate, num_workers)
       return 0
-    report = builder.build(
-        entries, FLAGS.output_dir, settings, num_shards=FLAGS.num_shards,
-        num_workers=num_workers, timeout_s=FLAGS.timeout_s, label_map=label_map,
-        overwrite=FLAGS.overwrite)
+    if beam_options is not None:
+      from dataset_tools import beam_runner
+      report = beam_runner.build(
+          entries, FLAGS.output_dir, settings, num_shards=FLAGS.num_shards,
+          num_decoders=1 if FLAGS.num_workers is None else FLAGS.num_workers,
+          timeout_s=FLAGS.timeout_s, label_map=label_map, overwrite=FLAGS.overwrite,
+          options=beam_options)
+    else:
+      report = builder.build(
+          entries, FLAGS.output_dir, settings, num_shards=FLAGS.num_shards,
+          num_workers=num_workers, timeout_s=FLAGS.timeout_s, label_map=label_map,
+          overwrite=FLAGS.overwrite)
   # OSError: permissions, a full disk; OpError: the same from tf.io.gfile (gs://, s3://).
   except (builder.BuildError, ValueError, OSError, tf.errors.OpError) as e:
     print(f"error: {_message(e)}", file=sys.stderr)

@@ -8,8 +8,14 @@
    stuck decode; the way to read `ram://` videos, which exist in this process only). Results are
    consumed in plan order, so the bytes are the same whatever finishes first.
 3) Write: each shard goes to a hidden temporary file and is renamed when complete, after its
-   summary (counts, failures) was saved under `.build_state/`. A re-run skips every shard whose
-   file and summary exist; a killed run leaves at worst a temporary file, rebuilt next time.
+   summary (counts, failures, a fingerprint of its videos) was saved under `.build_state/`. A
+   re-run skips every shard whose file and summary exist and whose videos are unchanged (same
+   paths, sizes, modification times), rebuilds the shards whose videos changed, and says so; a
+   killed run leaves at worst a temporary file, rebuilt next time.
+
+Two runners share every step but the scheduling: `build` here (a worker pool on this machine)
+and `beam_runner.build` (an Apache Beam pipeline, one shard per DoFn call). Both call `prepare`,
+`write_shard` and `finish`, so they write the same bytes.
 
 Inputs and outputs go through `cvrl_tf.storage`, so `--output_dir=gs://...` works like a local
 folder; on an object store a shard's rename is a server-side copy (all-or-nothing still: the
@@ -93,6 +99,7 @@ class ShardSummary:
   bytes: int = 0
   failures: list = dataclasses.field(default_factory=list)   # [key, reason, detail]
   partial: list = dataclasses.field(default_factory=list)    # [key, detail]
+  inputs: str = ""   # input_fingerprint of its videos when written ("" before it was kept)
 
 
 def estimate_video_bytes(entry: VideoEntry, settings: BuildSettings) -> float:
@@ -152,12 +159,60 @@ def _plan_fingerprint(shards: Sequence[ShardPlan]) -> str:
                             for e in s.entries]] for s in shards])
 
 
+def _video_facts(entry: VideoEntry) -> list:
+  if entry.problem is not None or entry.path is None:
+    return [entry.key, entry.problem]
+  try:
+    size, mtime_ns = storage.size_and_mtime_ns(entry.path)
+  except (tf.errors.NotFoundError, FileNotFoundError):   # gone since it was listed
+    return [entry.key, entry.relative_path, "missing"]
+  return [entry.key, entry.relative_path, size, mtime_ns]
+
+
+def input_fingerprint(entries: Sequence[VideoEntry]) -> str:
+  """A digest of the videos' relative paths, sizes and modification times (ram:// keeps no
+  times: its sizes only); changes when a video is replaced, re-downloaded or appears."""
+  # One stat per video; threads, because on gs:// each stat is a round trip.
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    return _digest(list(pool.map(_video_facts, entries)))
+
+
+COMPLETE, CHANGED, MISSING = "complete", "changed", "missing"
+
+
+def shard_state(output_dir: str, shard: ShardPlan, inputs: str) -> str:
+  """COMPLETE (file and summary there, written from these `inputs`), CHANGED (written from
+  other videos: rebuild it) or MISSING."""
+  summary_path = _state_path(output_dir, shard.name + ".json")
+  if not (storage.exists(storage.join(output_dir, shard.name)) and storage.exists(summary_path)):
+    return MISSING
+  return COMPLETE if storage.read_json(summary_path).get("inputs") == inputs else CHANGED
+
+
 def _state_path(output_dir: str, name: str) -> str:
   return storage.join(output_dir, STATE_DIR, name)
 
 
-def _write_json(path: str, obj) -> None:
-  storage.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def _write_json(path: str, obj, indent: Optional[int] = 2) -> None:
+  storage.atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def _write_plan(output_dir: str, split: str, shards: Sequence[ShardPlan]) -> None:
+  # The entries of every shard, so that a Beam worker can rebuild its shard from its name
+  # (a pipeline graph holding 650k entries would be too large to submit to Dataflow).
+  # Compact: Kinetics's plan is ~100 MB of JSON with an indent.
+  _write_json(_state_path(output_dir, f"{split}.plan.json"),
+              {"fingerprint": _plan_fingerprint(shards), "num_shards": len(shards),
+               "shards": [[dataclasses.astuple(e) for e in s.entries] for s in shards]},
+              indent=None)
+
+
+def read_plan(output_dir: str, split: str) -> List[ShardPlan]:
+  """The shards of `split` as `prepare` saved them in `output_dir`."""
+  saved = storage.read_json(_state_path(output_dir, f"{split}.plan.json"))
+  n = saved["num_shards"]
+  return [ShardPlan(split, i, n, tuple(VideoEntry(*row) for row in rows))
+          for i, rows in enumerate(saved["shards"])]
 
 
 def _our_outputs(output_dir: str) -> List[str]:
@@ -241,11 +296,6 @@ def remove_stale_temporaries(output_dir: str) -> None:
         storage.remove(storage.join(directory, name))
 
 
-def _shard_is_complete(output_dir: str, shard: ShardPlan) -> bool:
-  return (storage.exists(storage.join(output_dir, shard.name))
-          and storage.exists(_state_path(output_dir, shard.name + ".json")))
-
-
 class _InProcess:
   """The future of a call made in this process, when its result is asked for."""
 
@@ -256,7 +306,7 @@ class _InProcess:
     return self._call()
 
 
-class _Decoder:
+class Decoder:
   """Decodes entries in a worker pool (in this process when `num_workers` is 0), handing
   results back in submission order."""
 
@@ -330,9 +380,13 @@ def _serialize(entry: VideoEntry, video: DecodedVideo, settings: BuildSettings,
 
 
 def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSettings,
-                label_map: Dict[str, int], on_video=None) -> ShardSummary:
-  """Writes one shard from (entry, result) pairs; renames it into place only when complete."""
-  summary = ShardSummary(name=shard.name, split=shard.split)
+                label_map: Dict[str, int], inputs: str, on_video=None) -> ShardSummary:
+  """Writes one shard from (entry, result) pairs; renames it into place only when complete.
+
+  `inputs` (input_fingerprint of the shard's videos) is kept in its summary; `on_video(result)`
+  is called with each DecodedVideo or VideoDecodeError as it is written.
+  """
+  summary = ShardSummary(name=shard.name, split=shard.split, inputs=inputs)
   # Unique per process: two builds of one folder (a retried job) must not write one file; both
   # produce the same bytes, so whichever rename lands last is right.
   tmp_path = storage.temporary_name(storage.join(output_dir, shard.name))
@@ -350,7 +404,7 @@ def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSetti
         if result.partial_error:
           summary.partial.append([entry.key, result.partial_error])
       if on_video:
-        on_video(isinstance(result, VideoDecodeError))
+        on_video(result)
   summary.bytes = storage.size(tmp_path)
   _write_json(_state_path(output_dir, shard.name + ".json"), dataclasses.asdict(summary))
   storage.rename(tmp_path, storage.join(output_dir, shard.name), overwrite=True)
@@ -413,13 +467,30 @@ class BuildReport:
   summaries: Dict[str, List[ShardSummary]]
   entries_this_run: int        # entries of the splits named in this build
   failures_this_run: int
-  videos_decoded: int          # decoded in this process (0 when everything was resumed)
+  videos_decoded: int          # decoded by this run (0 when everything was resumed)
   seconds: float
-  skipped_shards: int
+  skipped_shards: int          # complete and unchanged: not rewritten
+  rebuilt_shards: int = 0      # complete but written from videos that changed since
+  counters: Dict[str, int] = dataclasses.field(default_factory=dict)  # the Beam pipeline's
 
   @property
   def failure_fraction(self) -> float:
     return self.failures_this_run / max(1, self.entries_this_run)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+  """What `prepare` decided: the label map and every split's shards."""
+  labels: List[str]
+  splits: Dict[str, List[ShardPlan]]
+
+  @property
+  def shards(self) -> List[ShardPlan]:
+    return [s for shards in self.splits.values() for s in shards]
+
+  @property
+  def label_index(self) -> Dict[str, int]:
+    return {label: i for i, label in enumerate(self.labels)}
 
 
 def _check_workers(entries: Sequence[VideoEntry], num_workers: int) -> None:
@@ -431,20 +502,11 @@ def _check_workers(entries: Sequence[VideoEntry], num_workers: int) -> None:
                      "processes cannot read it; pass --num_workers=0 to decode in this process")
 
 
-def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
-          num_shards: Optional[int], num_workers: int, timeout_s: Optional[float],
-          label_map: Optional[Sequence[str]], overwrite: bool, progress: bool = True) -> BuildReport:
-  """Builds (or resumes) the shards of every split in `entries` under `output_dir`.
-
-  Args:
-    entries: every split's videos (from annotations.read_*).
-    output_dir: a local folder or a URL of any file system of tf.io.gfile (gs://, ram://).
-    num_shards: shards per split; None: about TARGET_SHARD_BYTES each.
-    num_workers: decoding processes; 0 decodes in this process (no timeout; `ram://` inputs).
-    timeout_s: per video, in worker processes; None or 0: no limit.
-    label_map: the labels in index order; None: the sorted training labels.
-    overwrite: replace an earlier build in `output_dir` (the builder's files only).
-    progress: show a progress bar on stderr.
+def prepare(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
+            num_shards: Optional[int], label_map: Optional[Sequence[str]],
+            overwrite: bool) -> BuildPlan:
+  """Checks the inputs and `output_dir`, plans the shards and saves the plan, the settings and
+  the label map there (the runners then write the shards, `finish` the rest).
 
   Raises:
     BuildError naming the problem with the inputs or with what `output_dir` already holds.
@@ -452,7 +514,6 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   settings.validate()
   if num_shards is not None and num_shards < 1:
     raise BuildError(f"--num_shards must be >= 1, got {num_shards}")
-  _check_workers(entries, num_workers)
   if not entries:
     raise BuildError("the inputs list no videos")
   for split in {e.split for e in entries}:
@@ -478,12 +539,55 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   storage.atomic_write_text(storage.join(output_dir, schema.LABEL_MAP_FILE),
                             schema.format_label_map(labels))
   for split, shards in plans.items():
-    _write_json(_state_path(output_dir, f"{split}.plan.json"),
-                {"fingerprint": _plan_fingerprint(shards), "num_shards": len(shards)})
+    _write_plan(output_dir, split, shards)
+  return BuildPlan(labels, plans)
 
-  all_shards = [s for shards in plans.values() for s in shards]
-  todo = [s for s in all_shards if not _shard_is_complete(output_dir, s)]
-  label_index = {label: i for i, label in enumerate(labels)}
+
+def finish(output_dir: str, settings: BuildSettings, plan: BuildPlan, *, entries_this_run: int,
+           videos_decoded: int, seconds: float, skipped_shards: int,
+           rebuilt_shards: int) -> BuildReport:
+  """Writes dataset_info.json and failures.csv from every complete shard's summary."""
+  summaries = _load_summaries(output_dir)
+  _write_json(storage.join(output_dir, schema.DATASET_INFO_FILE),
+              dataset_info(settings, plan.labels, summaries))
+  storage.atomic_write_text(storage.join(output_dir, schema.FAILURES_FILE), failures_csv(summaries))
+  this_run = [s for split in plan.splits for s in summaries.get(split, [])]
+  return BuildReport(
+      summaries=summaries,
+      entries_this_run=entries_this_run,
+      failures_this_run=sum(len(s.failures) for s in this_run),
+      videos_decoded=videos_decoded,
+      seconds=seconds,
+      skipped_shards=skipped_shards,
+      rebuilt_shards=rebuilt_shards)
+
+
+def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
+          num_shards: Optional[int], num_workers: int, timeout_s: Optional[float],
+          label_map: Optional[Sequence[str]], overwrite: bool, progress: bool = True) -> BuildReport:
+  """Builds (or resumes) the shards of every split in `entries` under `output_dir`.
+
+  Args:
+    entries: every split's videos (from annotations.read_*).
+    output_dir: a local folder or a URL of any file system of tf.io.gfile (gs://, ram://).
+    num_shards: shards per split; None: about TARGET_SHARD_BYTES each.
+    num_workers: decoding processes; 0 decodes in this process (no timeout; `ram://` inputs).
+    timeout_s: per video, in worker processes; None or 0: no limit.
+    label_map: the labels in index order; None: the sorted training labels.
+    overwrite: replace an earlier build in `output_dir` (the builder's files only).
+    progress: show a progress bar on stderr.
+
+  Raises:
+    BuildError naming the problem with the inputs or with what `output_dir` already holds.
+  """
+  _check_workers(entries, num_workers)
+  plan = prepare(entries, output_dir, settings, num_shards=num_shards, label_map=label_map,
+                 overwrite=overwrite)
+  inputs = {s.name: input_fingerprint(s.entries) for s in plan.shards}
+  states = {s.name: shard_state(output_dir, s, inputs[s.name]) for s in plan.shards}
+  todo = [s for s in plan.shards if states[s.name] != COMPLETE]
+  rebuilt = [s.name for s in todo if states[s.name] == CHANGED]
+  label_index = plan.label_index
   start = time.monotonic()
   decoded = 0
   if todo:
@@ -493,35 +597,26 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
                     dynamic_ncols=True, desc="building", mininterval=0.2 if interactive else 15)
     failed = 0
 
-    def on_video(is_failure):
+    def on_video(result):
       nonlocal failed, decoded
       decoded += 1
-      failed += is_failure
+      failed += isinstance(result, VideoDecodeError)
       bar.update(1)
       bar.set_postfix(failed=failed, refresh=False)
 
-    decoder = _Decoder(settings, num_workers, timeout_s)
+    decoder = Decoder(settings, num_workers, timeout_s)
     try:
       results = decoder.decode_in_order([e for s in todo for e in s.entries])
       for shard in todo:
         shard_results = (next(results) for _ in shard.entries)
-        write_shard(output_dir, shard, shard_results, settings, label_index, on_video)
+        write_shard(output_dir, shard, shard_results, settings, label_index, inputs[shard.name],
+                    on_video)
     finally:
       decoder.close()
       bar.close()
-
-  summaries = _load_summaries(output_dir)
-  _write_json(storage.join(output_dir, schema.DATASET_INFO_FILE),
-              dataset_info(settings, labels, summaries))
-  storage.atomic_write_text(storage.join(output_dir, schema.FAILURES_FILE), failures_csv(summaries))
-  this_run = [s for split in plans for s in summaries.get(split, [])]
-  return BuildReport(
-      summaries=summaries,
-      entries_this_run=len(entries),
-      failures_this_run=sum(len(s.failures) for s in this_run),
-      videos_decoded=decoded,
-      seconds=time.monotonic() - start,
-      skipped_shards=len(all_shards) - len(todo))
+  return finish(output_dir, settings, plan, entries_this_run=len(entries),
+                videos_decoded=decoded, seconds=time.monotonic() - start,
+                skipped_shards=len(plan.shards) - len(todo), rebuilt_shards=len(rebuilt))
 
 
 def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_workers: int,
@@ -532,7 +627,7 @@ def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_worke
   candidates = sorted((e for e in entries if e.problem is None), key=lambda e: (e.split, e.key))
   step = max(1, len(candidates) // max(1, sample_size))
   sample = candidates[::step][:sample_size]
-  decoder = _Decoder(settings, num_workers, timeout_s, task=timed_decode_video)
+  decoder = Decoder(settings, num_workers, timeout_s, task=timed_decode_video)
   sizes, frames, seconds, failures = [], [], [], 0
   try:
     for _, result in decoder.decode_in_order(sample):

@@ -130,8 +130,8 @@ def local_folders_named_like_urls(*roots) -> list:
 # runs alone while the other worker idles.
 _LONGEST_FIRST = ("test_train.py", "test_jit_compile.py", "test_train_replicas.py",
                   "test_classify.py", "test_export.py", "test_cloud_storage.py",
-                  "test_build_tfrecords.py", "test_input_pipeline.py", "test_resnet3d.py",
-                  "test_evaluate.py", "test_objectives.py", "test_microbatch.py",
+                  "test_build_tfrecords.py", "test_beam_runner.py", "test_input_pipeline.py",
+                  "test_resnet3d.py", "test_evaluate.py", "test_objectives.py", "test_microbatch.py",
                   "test_import_checkpoint.py", "test_loss_scale.py")
 
 

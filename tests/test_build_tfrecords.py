@@ -234,7 +234,7 @@ def test_plan_is_deterministic_and_mixes_classes():
 def test_hung_decode_is_stopped_and_reported(tmp_path):
   entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=str(tmp_path / "x.mp4"),
                                     relative_path="x.mp4", label="a") for i in range(2)]
-  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=1.0,
+  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=1.0,
                              task=worker_tasks.hang)
   start = time.monotonic()
   try:
@@ -248,7 +248,7 @@ def test_hung_decode_is_stopped_and_reported(tmp_path):
 def test_crashed_worker_is_reported(tmp_path):
   entries = [annotations.VideoEntry(split="train", key="k", path=str(tmp_path / "x.mp4"),
                                     relative_path="x.mp4", label="a")]
-  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=30,
+  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=30,
                              task=worker_tasks.crash)
   try:
     (_, result), = decoder.decode_in_order(entries)
@@ -371,10 +371,10 @@ def _records(paths):
           for raw in tf.data.TFRecordDataset(paths)]
 
 
-def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
-  # ram:// stands for gs://: the inputs (split files, videos) and every output live there, and
-  # nothing may reach the local disk (os.makedirs("ram://x") would make a folder "./ram:").
-  splits, videos = _ucf101(str(tmp_path / "made_locally"))
+def _ucf101_on_ram(tmp_path, monkeypatch):
+  """_ucf101 copied to a fresh ram:// folder, and the run moved to an empty folder `cwd`:
+  (ram root, cwd, entries, label map)."""
+  _ucf101(str(tmp_path / "made_locally"))
   root = f"ram://builder_test_{uuid.uuid4().hex[:8]}"
   _copy_tree(str(tmp_path / "made_locally"), root)
   cwd = tmp_path / "cwd"
@@ -382,6 +382,13 @@ def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
   monkeypatch.chdir(cwd)
   entries, label_map = annotations.read_ucf101_splits(
       storage.join(root, "ucfTrainTestlist"), storage.join(root, "UCF-101"), 1)
+  return root, cwd, entries, label_map
+
+
+def test_build_from_ram_to_ram_in_one_process(tmp_path, monkeypatch):
+  # ram:// stands for gs://: the inputs (split files, videos) and every output live there, and
+  # nothing may reach the local disk (os.makedirs("ram://x") would make a folder "./ram:").
+  root, cwd, entries, label_map = _ucf101_on_ram(tmp_path, monkeypatch)
   out = storage.join(root, "tfrecords")
   with pytest.raises(builder.BuildError, match="worker processes cannot read it; pass "
                                                "--num_workers=0"):
@@ -437,8 +444,10 @@ def test_cli_file_list_of_absolute_paths_to_ram(tmp_path):
   assert os.listdir(cwd) == [] and local_folders_named_like_urls(str(tmp_path)) == []
 
 
-def test_cli_hmdb51_official_splits(tmp_path):
-  splits, videos = tmp_path / "testTrainMulti_7030_splits", tmp_path / "hmdb51_org"
+def _hmdb51(root):
+  """HMDB-51 in miniature: (split folder, video folder) as pathlib paths; classes "wave" and
+  "brush_hair", videos a (train), b (test), c (unused) of split 1."""
+  splits, videos = root / "testTrainMulti_7030_splits", root / "hmdb51_org"
   os.makedirs(splits)
   for i, label in enumerate(("wave", "brush_hair")):
     os.makedirs(videos / label)
@@ -447,6 +456,11 @@ def test_cli_hmdb51_official_splits(tmp_path):
                   [coded_frame(5 * i + j) for j in range(4)], codec="mjpeg")
     (splits / f"{label}_test_split1.txt").write_text(
         f"{label}_a.avi 1 \n{label}_b.avi 2 \n{label}_c.avi 0 \n")
+  return splits, videos
+
+
+def test_cli_hmdb51_official_splits(tmp_path):
+  splits, videos = _hmdb51(tmp_path)
   out = tmp_path / "out"
   result = _cli(f"--hmdb51_splits={splits}", "--split_id=1", f"--video_dir={videos}",
                 f"--output_dir={out}", "--short_side=0", "--num_workers=0")

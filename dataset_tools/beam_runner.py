@@ -1,0 +1,152 @@
+"""Runs the dataset build as an Apache Beam pipeline: `build_tfrecords.py --runner=beam`.
+
+The same build as `builder.build`, scheduled by Beam: the driver plans the shards and saves the
+plan (`builder.prepare`), one DoFn call builds one shard (decode its videos in plan order, write
+it under a temporary name, rename it: `builder.write_shard`), and the driver writes
+dataset_info.json and failures.csv from the shards' summaries (`builder.finish`). Which videos
+go in which shard, and their order, come from the plan alone, never from Beam's bundles, so the
+bytes equal the local runner's, and a retried shard writes the same bytes again.
+
+Offline by default: beam_options.py pins the FnApiRunner unless the user names a runner.
+
+Apache Beam is an optional dependency (`pip install -e '.[beam]'`): only this module imports it.
+"""
+
+import time
+from typing import Dict, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from dataset_tools import beam_options
+from dataset_tools import builder
+from dataset_tools.annotations import VideoEntry
+from dataset_tools.video_decode import VideoDecodeError
+
+NAMESPACE = "cvrl_build"
+
+
+def _check_in_memory_paths(entries: Sequence[VideoEntry], output_dir: str, num_decoders: int,
+                           options: PipelineOptions) -> None:
+  in_memory = [p for p in [output_dir] + [e.path for e in entries if e.path]
+               if p.startswith("ram://")]
+  if not in_memory:
+    return
+  if not beam_options.runs_in_this_process(options):
+    raise builder.BuildError(
+        f"{in_memory[0]} is on ram://, which lives in this process only: Beam's worker processes "
+        "cannot reach it; pass --beam_pipeline_options=\"--direct_running_mode=in_memory\"")
+  if num_decoders and any(e.path and e.path.startswith("ram://") for e in entries):
+    raise builder.BuildError(f"{in_memory[0]} is on ram://: decoding processes cannot read it; "
+                             "pass --num_workers=0 to decode in the Beam worker")
+
+
+class BuildShard(beam.DoFn):
+  """(split, shard index) -> builds that shard unless it is complete and its videos unchanged.
+
+  Each DoFn instance decodes with its own `builder.Decoder` (`num_decoders` processes, which
+  enforce `timeout_s` per video; 0: in the Beam worker itself, without a timeout).
+  """
+
+  def __init__(self, output_dir: str, settings: builder.BuildSettings,
+               label_index: Dict[str, int], num_decoders: int, timeout_s: Optional[float]):
+    self._output_dir = output_dir
+    self._settings = settings
+    self._label_index = label_index
+    self._num_decoders = num_decoders
+    self._timeout_s = timeout_s
+    self._decoder = None
+    self._plans = {}
+
+  def setup(self):
+    self._decoder = builder.Decoder(self._settings, self._num_decoders, self._timeout_s)
+
+  def teardown(self):
+    if self._decoder is not None:
+      self._decoder.close()
+
+  def _shard(self, split: str, index: int) -> builder.ShardPlan:
+    if split not in self._plans:   # one read per split and DoFn instance
+      self._plans[split] = builder.read_plan(self._output_dir, split)
+    return self._plans[split][index]
+
+  def process(self, element):
+    split, index = element
+    shard = self._shard(split, index)
+    inputs = builder.input_fingerprint(shard.entries)
+    state = builder.shard_state(self._output_dir, shard, inputs)
+    if state == builder.COMPLETE:
+      Metrics.counter(NAMESPACE, "shards_skipped").inc()
+      return
+    summary = builder.write_shard(
+        self._output_dir, shard, self._decoder.decode_in_order(shard.entries), self._settings,
+        self._label_index, inputs, on_video=_count_video)
+    Metrics.counter(NAMESPACE, "shards_rebuilt" if state == builder.CHANGED
+                    else "shards_written").inc()
+    Metrics.counter(NAMESPACE, "bytes").inc(summary.bytes)
+    yield shard.name
+
+
+def _count_video(result) -> None:
+  """Beam counters of one decoded video, summed over the workers (the progress of a job)."""
+  Metrics.counter(NAMESPACE, "videos_processed").inc()
+  if isinstance(result, VideoDecodeError):
+    Metrics.counter(NAMESPACE, f"failed_{result.reason}").inc()
+  else:
+    Metrics.counter(NAMESPACE, "videos").inc()
+    Metrics.counter(NAMESPACE, "frames").inc(len(result.jpegs))
+
+
+def counters(result) -> Dict[str, int]:
+  """The pipeline's counters of this module, by name (committed values)."""
+  found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+  totals: Dict[str, int] = {}
+  for counter in found:
+    totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + counter.committed
+  return dict(sorted(totals.items()))
+
+
+def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.BuildSettings, *,
+          num_shards: Optional[int], num_decoders: int, timeout_s: Optional[float],
+          label_map: Optional[Sequence[str]], overwrite: bool,
+          options: PipelineOptions) -> builder.BuildReport:
+  """`builder.build` as a Beam pipeline run with `options` (beam_options.pipeline_options).
+
+  Args:
+    num_decoders: decoding processes per DoFn instance (1: one video at a time, killed after
+      `timeout_s`); 0 decodes in the Beam worker (no timeout; ram:// inputs).
+    The others as in builder.build.
+
+  Returns:
+    builder.BuildReport; `videos_decoded`, `skipped_shards` and `rebuilt_shards` come from the
+    pipeline's counters.
+
+  Raises:
+    BuildError as builder.build does, before the pipeline starts.
+  """
+  if num_decoders < 0:
+    raise builder.BuildError(f"--num_workers must be >= 0 (decoding processes per Beam worker; "
+                             f"0: in the Beam worker), got {num_decoders}")
+  _check_in_memory_paths(entries, output_dir, num_decoders, options)
+  plan = builder.prepare(entries, output_dir, settings, num_shards=num_shards,
+                         label_map=label_map, overwrite=overwrite)
+  start = time.monotonic()
+  pipeline = beam.Pipeline(options=options)
+  _ = (pipeline
+       | "shards" >> beam.Create([(s.split, s.index) for s in plan.shards])
+       # Reshuffle: the shards spread over the workers instead of following Create's one bundle.
+       | "spread" >> beam.Reshuffle()
+       | "build" >> beam.ParDo(BuildShard(output_dir, settings, plan.label_index, num_decoders,
+                                          timeout_s)))
+  result = pipeline.run()
+  result.wait_until_finish()
+  totals = counters(result)
+  report = builder.finish(output_dir, settings, plan, entries_this_run=len(entries),
+                          videos_decoded=totals.get("videos_processed", 0),
+                          seconds=time.monotonic() - start,
+                          skipped_shards=totals.get("shards_skipped", 0),
+                          rebuilt_shards=totals.get("shards_rebuilt", 0))
+  report.counters = totals
+  return report
