@@ -23,7 +23,7 @@ pattern: motion and texture cost a codec what real footage does (flat colour wou
 The ffmpeg binary is the one on PATH, else the static build that imageio-ffmpeg ships. Each side
 runs `--repeats` times, alternating; the best time of each counts. Our time includes starting the
 worker pool (~0.5 s). Last line: `ratio <local/ffmpeg_cli>` (throughput ratio, > 1: ours is faster).
-`--breakdown` first times each video alone on one core: the ffmpeg command line against our
+`--breakdown` first times each video alone, in CPU seconds: the ffmpeg command line against our
 decode, scaling, JPEG encoding and serialisation.
 """
 
@@ -52,7 +52,7 @@ flags.DEFINE_float("seconds", 8.0, "--videos=h264: length of each clip.")
 flags.DEFINE_integer("repeats", 2, "Runs of each side; the best counts.")
 flags.DEFINE_integer("num_workers", None, "Processes per side (default: all cores).")
 flags.DEFINE_list("sides", ["ffmpeg_cli", "local"], "Sides to run; the first is the baseline.")
-flags.DEFINE_bool("breakdown", False, "First time each video alone, per stage (one core).")
+flags.DEFINE_bool("breakdown", False, "First time each video alone, per stage (CPU seconds).")
 flags.DEFINE_string("cache_dir", None, "Where generated videos are kept (default: the temp dir).")
 flags.DEFINE_list("other_checkouts", [], "Also run the builder of these checkouts of the "
                   "repository (sides `at:<folder name>`), e.g. main's, for a before/after in one "
