@@ -46,7 +46,8 @@ from cvrl_tf import schema
 from cvrl_tf import storage
 from dataset_tools.annotations import VideoEntry
 from dataset_tools.video_decode import (DecodedVideo, VideoDecodeError, decode_video,
-                                       duration_us_at, timed_decode_video)
+                                       duration_us_at, estimate_decode_cost,
+                                       timed_decode_video)
 
 STATE_DIR = ".build_state"
 PLAN_SEED = 20210619
@@ -308,7 +309,12 @@ class _InProcess:
 
 class Decoder:
   """Decodes entries in a worker pool (in this process when `num_workers` is 0), handing
-  results back in submission order."""
+  results back in submission order.
+
+  Workers start the costliest videos of a look-ahead window first (header estimate, local files):
+  a long video that the plan puts last would otherwise run alone while the other cores idle.
+  Results still come back in the order of the entries, so the shards' bytes do not change.
+  """
 
   def __init__(self, settings: BuildSettings, num_workers: int, timeout_s: Optional[float],
                task=decode_video):
@@ -321,7 +327,10 @@ class Decoder:
     self._pool = pebble.ProcessPool(max_workers=num_workers,
                                     context=multiprocessing.get_context("spawn")
                                     ) if num_workers else None
-    self._window = max(1, 4 * num_workers)
+    # Two tasks per worker in flight (one running, one queued: no worker waits on this process);
+    # the look-ahead bounds the finished results held here until their turn.
+    self._in_flight = 2 * num_workers
+    self._lookahead = max(1, 8 * num_workers)
 
   def close(self) -> None:
     if self._pool is not None:
@@ -334,25 +343,41 @@ class Decoder:
     return self._pool.schedule(self._task, args=(path,), kwargs=self._kwargs,
                                timeout=self._timeout)
 
+  def _futures_in_order(self, entries: Sequence[VideoEntry]):
+    """Yields (index, future) for each entry without a known problem, in the order of `entries`;
+    submits from the window [index, index + look-ahead), costliest first."""
+    futures, costs = {}, {}
+    for i, entry in enumerate(entries):
+      if entry.problem is not None:
+        continue
+      if self._pool is None:  # in this process: decoded when its result is asked for
+        yield i, self._submit(entry.path)
+        continue
+      while True:
+        window = [j for j in range(i, min(i + self._lookahead, len(entries)))
+                  if j not in futures and entries[j].problem is None]
+        for j in window:
+          if j not in costs:
+            costs[j] = estimate_decode_cost(entries[j].path)
+        busy = [f for f in futures.values() if not f.done()]
+        # Costliest first; equal costs (unknown: 0.0) keep the plan's order.
+        for j in sorted(window, key=lambda j: (-costs[j], j))[:self._in_flight - len(busy)]:
+          futures[j] = self._submit(entries[j].path)
+          busy.append(futures[j])
+        if i in futures and futures[i].done():
+          break
+        concurrent.futures.wait(busy, return_when=concurrent.futures.FIRST_COMPLETED)
+      costs.pop(i, None)
+      yield i, futures.pop(i)
+
   def decode_in_order(self, entries: Sequence[VideoEntry]):
     """Yields (entry, DecodedVideo | VideoDecodeError) in the order of `entries`."""
-    futures = {}
-    next_submit = 0
-
-    def submit_until(limit):
-      nonlocal next_submit
-      while next_submit < min(limit, len(entries)):
-        entry = entries[next_submit]
-        if entry.problem is None:
-          futures[next_submit] = self._submit(entry.path)
-        next_submit += 1
-
+    futures = self._futures_in_order(entries)
     for i, entry in enumerate(entries):
-      submit_until(i + self._window)
       if entry.problem is not None:
         yield entry, VideoDecodeError(entry.problem, entry.detail)
         continue
-      future = futures.pop(i)
+      _, future = next(futures)
       try:
         yield entry, future.result()
       except VideoDecodeError as e:

@@ -228,6 +228,10 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   """
   container, source = _open(path)
   stream = container.streams.video[0]
+  # FFmpeg's frame and slice threads, one per core, even with a worker per core: single-threaded
+  # decoding costs ~12 % less CPU (decode alone, benchmarks/build_tfrecords.py's codec mix) but
+  # the build took 1.3-1.8x longer on a machine shared with other jobs (fewer threads, smaller
+  # share of the cores), and a long video left alone at the end of a build gets only one core.
   stream.thread_type = "AUTO"
   # Timestamps stay integers in the stream's time base (ticks); one exact ratio maps ticks to
   # grid slots.
@@ -293,6 +297,25 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
       jpegs=jpegs, height=encoder.height, width=encoder.width, source_frames=decoded,
       source_width=source_w, source_height=source_h, rotation=rotation,
       partial_error=partial_error)
+
+
+def estimate_decode_cost(path: str) -> float:
+  """Pixels that decoding `path` will produce (seconds x frame rate x width x height), from the
+  container header alone: the builder starts the costliest videos first. 0.0 when unknown.
+
+  Off the local disk the answer is 0.0 without reading: a header read over the network costs
+  more than the load balance it buys.
+  """
+  if not _is_local(path):
+    return 0.0
+  try:
+    with av.open(path, metadata_errors="ignore") as container:
+      stream = container.streams.video[0]
+      seconds = _announced_seconds(container, stream) or 0.0
+      rate = float(stream.average_rate or stream.guessed_rate or 0)
+      return seconds * rate * stream.codec_context.width * stream.codec_context.height
+  except Exception:  # any unreadable header: decode_video will say what is wrong with the file
+    return 0.0
 
 
 def timed_decode_video(path: str, **kwargs) -> tuple:

@@ -257,6 +257,29 @@ def test_crashed_worker_is_reported(tmp_path):
   assert result.reason == "worker_crashed" and "exit code 11" in result.detail
 
 
+def test_costliest_videos_start_first_and_results_keep_their_order(tmp_path):
+  # Frames per video, in plan order: the 40-frame one comes last but must start first.
+  lengths = [4, 8, 2, 6, 40]
+  paths = [write_video(str(tmp_path / f"v{i}.mp4"), [coded_frame(j) for j in range(n)])
+           for i, n in enumerate(lengths)]
+  entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=p, relative_path=p,
+                                    label="a") for i, p in enumerate(paths)]
+  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=60,
+                             task=worker_tasks.record_start)
+  try:
+    results = [(entry.key, result) for entry, result in decoder.decode_in_order(entries)]
+  finally:
+    decoder.close()
+  assert results == [(f"k{i}", f"v{i}.mp4") for i in range(5)]
+  started = (tmp_path / "start_order.txt").read_text().split()
+  # One worker, two tasks in flight: the two costliest of the window go first, then by cost.
+  assert started == ["v4.mp4", "v1.mp4", "v3.mp4", "v0.mp4", "v2.mp4"]
+  # And the shards hold the same bytes as a build in this process, in plan order.
+  _build(entries, tmp_path / "workers", num_shards=2, num_workers=2)
+  _build(entries, tmp_path / "in_process", num_shards=2, num_workers=0)
+  assert _tree_bytes(str(tmp_path / "workers")) == _tree_bytes(str(tmp_path / "in_process"))
+
+
 def _cli(*args, **kwargs):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,

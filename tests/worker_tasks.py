@@ -22,6 +22,15 @@ def crash(path, **kwargs):
   os._exit(11)
 
 
+def record_start(path, **kwargs):
+  """Appends the video's file name to `start_order.txt` beside it, then returns the name: the
+  order in which workers start videos."""
+  del kwargs
+  with open(os.path.join(os.path.dirname(path), "start_order.txt"), "a") as log:
+    log.write(os.path.basename(path) + "\n")
+  return os.path.basename(path)
+
+
 def evaluation_results(root: str, kinds: str, output: str) -> None:
   """For tests/test_evaluate.py: the tiny model's multi-view evaluation and kNN under strategies.
 
