@@ -264,7 +264,7 @@ def test_costliest_videos_start_first_and_results_keep_their_order(tmp_path):
            for i, n in enumerate(lengths)]
   entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=p, relative_path=p,
                                     label="a") for i, p in enumerate(paths)]
-  decoder = builder._Decoder(builder.BuildSettings(), num_workers=1, timeout_s=60,
+  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=60,
                              task=worker_tasks.record_start)
   try:
     results = [(entry.key, result) for entry, result in decoder.decode_in_order(entries)]
