@@ -8,7 +8,9 @@ short side 256, using the same cores, in one run:
   command line with the `fps` and `scale` filters writing MJPEG to a pipe, split the JPEGs, write
   the record; one ffmpeg process per core at a time;
 - local: `dataset_tools.builder.build` (PyAV decode in worker processes, libjpeg-turbo JPEG).
-`SIDES` lists them; a runner added to the builder (Beam's DirectRunner) becomes one more entry.
+- beam_direct: `--runner=beam` on this machine (Beam's FnApiRunner, one worker process per core;
+  2 shards per worker, since Beam spreads shards over its workers).
+`SIDES` lists them.
 
 Videos (`--videos`):
 - mix (default): 18 videos in 12 codecs and 9 containers, 2-80 s, 176x144 to 1280x720, as a
@@ -30,6 +32,7 @@ decode, scaling, JPEG encoding and serialisation.
 import concurrent.futures
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -51,7 +54,8 @@ flags.DEFINE_integer("num_videos", 24, "--videos=h264: clips to build.")
 flags.DEFINE_float("seconds", 8.0, "--videos=h264: length of each clip.")
 flags.DEFINE_integer("repeats", 2, "Runs of each side; the best counts.")
 flags.DEFINE_integer("num_workers", None, "Processes per side (default: all cores).")
-flags.DEFINE_list("sides", ["ffmpeg_cli", "local"], "Sides to run; the first is the baseline.")
+flags.DEFINE_list("sides", ["ffmpeg_cli", "local", "beam_direct"],
+                  "Sides to run; the first is the baseline.")
 flags.DEFINE_bool("breakdown", False, "First time each video alone, per stage (CPU seconds).")
 flags.DEFINE_string("cache_dir", None, "Where generated videos are kept (default: the temp dir).")
 flags.DEFINE_list("other_checkouts", [], "Also run the builder of these checkouts of the "
@@ -259,12 +263,29 @@ def run_other_checkout(root: str, paths: list, out_dir: str, num_workers: int) -
   return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def run_beam(paths: list, out_dir: str, num_workers: int) -> tuple:
+  """`build_tfrecords.py --runner=beam` on this machine: Beam's FnApiRunner with `num_workers`
+  worker processes, each decoding through one helper process (the per-video timeout). Beam
+  spreads shards, not videos, over its workers: 2 shards per worker here (the local side writes
+  one shard; the frames are the same)."""
+  from dataset_tools import annotations, beam_options, beam_runner, builder
+  entries = [annotations.VideoEntry(split="train", key=os.path.basename(p), path=p,
+                                    relative_path=os.path.basename(p), label=None) for p in paths]
+  report = beam_runner.build(entries, out_dir, builder.BuildSettings(FPS, SHORT_SIDE, QUALITY),
+                             num_shards=2 * num_workers, num_decoders=1, timeout_s=600,
+                             label_map=None, overwrite=True,
+                             options=beam_options.pipeline_options("", num_workers))
+  shards = report.summaries["train"]
+  return sum(s.frames for s in shards), sum(s.bytes for s in shards)
+
+
 # name -> fn(ffmpeg, paths, out_dir, num_workers) -> (frames, bytes), or (seconds, CPU seconds,
-# frames, bytes) when the side times itself. The Beam DirectRunner goes here as "beam_direct" once
-# dataset_tools has it.
+# frames, bytes) when the side times itself.
 SIDES = {
     "ffmpeg_cli": run_baseline,
     "local": lambda ffmpeg, paths, out_dir, num_workers: run_ours(paths, out_dir, num_workers),
+    "beam_direct": lambda ffmpeg, paths, out_dir, num_workers: run_beam(paths, out_dir,
+                                                                        num_workers),
 }
 
 
@@ -373,6 +394,9 @@ def main(argv):
   unknown = sorted(set(FLAGS.sides) - set(SIDES))
   if unknown:
     raise app.UsageError(f"--sides: unknown {unknown}; known: {sorted(SIDES)}")
+  if "beam_direct" in FLAGS.sides and importlib.util.find_spec("apache_beam") is None:
+    raise app.UsageError("--sides has beam_direct, which needs Apache Beam: pip install -e "
+                         "'.[beam]', or --sides=ffmpeg_cli,local")
   num_workers = FLAGS.num_workers or len(os.sched_getaffinity(0))
   ffmpeg = ffmpeg_binary()
   work = tempfile.mkdtemp(prefix="bench_build_")
