@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 _ALIGNMENT = 64
-# Buffers kept per pool: enough for the views that tf.data's parallel map calls hold at once
+# Buffers kept per byte size: enough for the views that tf.data's parallel map calls hold at once
 # (each call's view is copied into its batch as soon as it is made, then released).
 _MAX_BUFFERS = 32
 
