@@ -127,7 +127,8 @@ def main():
   for k in ks:
     r = results[k] = run(args, k)
     print(f"k={k}  peak {r['peak'] / 2**20:8.1f} MiB  step {(r['peak'] - r['traced']) / 2**20:8.1f}"
-          f" MiB  {r['seconds']:.2f} s/step  loss {r['loss']:.5f}  ({r['device']}, {r['source']})", flush=True)
+          f" MiB  {r['seconds']:.2f} s/step  loss {r['loss']:.5f}  ({r['device']}, {r['source']})",
+          flush=True)
   first, last = results[ks[0]], results[ks[-1]]
   ratio = (last["peak"] - last["traced"]) / max(first["peak"] - first["traced"], 1)
   print(f"step memory k={ks[-1]} / k={ks[0]}: {ratio:.2f}")

@@ -75,8 +75,7 @@ class BuildShard(beam.DoFn):
   def process(self, element):
     split, index = element
     shard = self._shard(split, index)
-    inputs = builder.input_fingerprint(shard.entries)
-    state = builder.shard_state(self._output_dir, shard, inputs)
+    state, inputs = builder.shard_state(self._output_dir, shard)
     if state == builder.COMPLETE:
       Metrics.counter(NAMESPACE, "shards_skipped").inc()
       return

@@ -35,7 +35,7 @@ import random
 import re
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pebble
 import tensorflow as tf
@@ -181,13 +181,16 @@ def input_fingerprint(entries: Sequence[VideoEntry]) -> str:
 COMPLETE, CHANGED, MISSING = "complete", "changed", "missing"
 
 
-def shard_state(output_dir: str, shard: ShardPlan, inputs: str) -> str:
-  """COMPLETE (file and summary there, written from these `inputs`), CHANGED (written from
-  other videos: rebuild it) or MISSING."""
+def shard_state(output_dir: str, shard: ShardPlan) -> Tuple[str, str]:
+  """(state, input_fingerprint of the shard's videos): COMPLETE (file and summary there,
+  written from these videos), CHANGED (written from other videos: rebuild it) or MISSING. Both
+  runners ask this before building a shard; the fingerprint goes into its summary."""
+  inputs = input_fingerprint(shard.entries)
   summary_path = _state_path(output_dir, shard.name + ".json")
   if not (storage.exists(storage.join(output_dir, shard.name)) and storage.exists(summary_path)):
-    return MISSING
-  return COMPLETE if storage.read_json(summary_path).get("inputs") == inputs else CHANGED
+    return MISSING, inputs
+  written_from = storage.read_json(summary_path).get("inputs")
+  return (COMPLETE if written_from == inputs else CHANGED), inputs
 
 
 def _state_path(output_dir: str, name: str) -> str:
@@ -608,10 +611,9 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   _check_workers(entries, num_workers)
   plan = prepare(entries, output_dir, settings, num_shards=num_shards, label_map=label_map,
                  overwrite=overwrite)
-  inputs = {s.name: input_fingerprint(s.entries) for s in plan.shards}
-  states = {s.name: shard_state(output_dir, s, inputs[s.name]) for s in plan.shards}
-  todo = [s for s in plan.shards if states[s.name] != COMPLETE]
-  rebuilt = [s.name for s in todo if states[s.name] == CHANGED]
+  states = {s.name: shard_state(output_dir, s) for s in plan.shards}  # name -> (state, inputs)
+  todo = [s for s in plan.shards if states[s.name][0] != COMPLETE]
+  rebuilt = [s.name for s in todo if states[s.name][0] == CHANGED]
   label_index = plan.label_index
   start = time.monotonic()
   decoded = 0
@@ -634,7 +636,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
       results = decoder.decode_in_order([e for s in todo for e in s.entries])
       for shard in todo:
         shard_results = (next(results) for _ in shard.entries)
-        write_shard(output_dir, shard, shard_results, settings, label_index, inputs[shard.name],
+        write_shard(output_dir, shard, shard_results, settings, label_index, states[shard.name][1],
                     on_video)
     finally:
       decoder.close()
