@@ -61,7 +61,10 @@ class BuildShard(beam.DoFn):
     self._plans = {}
 
   def setup(self):
-    self._decoder = builder.Decoder(self._settings, self._num_decoders, self._timeout_s)
+    # One FFmpeg thread per video: Beam runs a worker per core, and a shard's last video is not
+    # the job's last (the local pool's reason for FFmpeg's threads at its tail).
+    self._decoder = builder.Decoder(self._settings, self._num_decoders, self._timeout_s,
+                                    threads=1)
 
   def teardown(self):
     if self._decoder is not None:

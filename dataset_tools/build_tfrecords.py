@@ -41,6 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app
 from absl import flags
 
+from dataset_tools.video_decode import usable_cores  # PyAV, NumPy: no TensorFlow
+
 # Nothing that imports TensorFlow at the top (annotations, builder, cvrl_tf): the decode workers
 # are spawned processes that re-import this script, and must not load it (seconds and hundreds of
 # MB per worker). main() imports them.
@@ -115,10 +117,6 @@ def _input_mode() -> str:
   return mode
 
 
-def _cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def _beam_options():
   """--runner=beam's PipelineOptions, checked before anything is read or decoded."""
   try:
@@ -134,7 +132,7 @@ def _beam_options():
   os.environ["PYTHONPATH"] = os.pathsep.join(
       p for p in (root, os.environ.get("PYTHONPATH")) if p)
   try:
-    return beam_options.pipeline_options(FLAGS.beam_pipeline_options, _cores())
+    return beam_options.pipeline_options(FLAGS.beam_pipeline_options, usable_cores())
   except ValueError as e:
     raise app.UsageError(str(e))
 
@@ -234,7 +232,7 @@ def main(argv):
                                    jpeg_quality=FLAGS.jpeg_quality)
   num_workers = FLAGS.num_workers
   if num_workers is None:
-    num_workers = _cores()
+    num_workers = usable_cores()
   try:
     if FLAGS.label_map:
       label_map = schema.read_label_map(FLAGS.label_map)

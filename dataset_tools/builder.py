@@ -47,7 +47,7 @@ from cvrl_tf import storage
 from dataset_tools.annotations import VideoEntry
 from dataset_tools.video_decode import (DecodedVideo, VideoDecodeError, decode_video,
                                        duration_us_at, estimate_decode_cost,
-                                       timed_decode_video)
+                                       timed_decode_video, usable_cores)
 
 STATE_DIR = ".build_state"
 PLAN_SEED = 20210619
@@ -320,7 +320,14 @@ class Decoder:
   """
 
   def __init__(self, settings: BuildSettings, num_workers: int, timeout_s: Optional[float],
-               task=decode_video):
+               task=decode_video, threads: Optional[int] = None):
+    """`threads`: FFmpeg threads per video (decode_video's), or None to choose per video.
+
+    None: one thread per video while the workers fill the cores, the least CPU per frame; the
+    last videos of the entries (fewer left than workers), and every video of a pool smaller than
+    the machine, get FFmpeg's own threads (0), so a long video left alone still has every core.
+    A runner whose workers already fill the cores and whose tail is not this pool's (Beam) fixes 1.
+    """
     # Workers get plain values and a function of video_decode.py: unpickling anything of this
     # module would import TensorFlow in every worker.
     self._task = task
@@ -330,6 +337,9 @@ class Decoder:
     self._pool = pebble.ProcessPool(max_workers=num_workers,
                                     context=multiprocessing.get_context("spawn")
                                     ) if num_workers else None
+    self._num_workers = num_workers
+    self._threads = threads
+    self._fills_cores = num_workers >= usable_cores()
     # Two tasks per worker in flight (one running, one queued: no worker waits on this process);
     # the look-ahead bounds the finished results held here until their turn.
     self._in_flight = 2 * num_workers
@@ -340,21 +350,29 @@ class Decoder:
       self._pool.stop()
       self._pool.join()
 
-  def _submit(self, path: str):
+  def _threads_for(self, left_after: int) -> int:
+    """FFmpeg threads for a video submitted with `left_after` videos still to submit."""
+    if self._threads is not None:
+      return self._threads
+    return 1 if self._fills_cores and left_after >= self._num_workers else 0
+
+  def _submit(self, path: str, left_after: int):
+    kwargs = dict(self._kwargs, threads=self._threads_for(left_after))
     if self._pool is None:
-      return _InProcess(self._task, path, self._kwargs)
-    return self._pool.schedule(self._task, args=(path,), kwargs=self._kwargs,
-                               timeout=self._timeout)
+      return _InProcess(self._task, path, kwargs)
+    return self._pool.schedule(self._task, args=(path,), kwargs=kwargs, timeout=self._timeout)
 
   def _futures_in_order(self, entries: Sequence[VideoEntry]):
     """Yields (index, future) for each entry without a known problem, in the order of `entries`;
     submits from the window [index, index + look-ahead), costliest first."""
     futures, costs = {}, {}
+    left = sum(entry.problem is None for entry in entries)  # not submitted yet
     for i, entry in enumerate(entries):
       if entry.problem is not None:
         continue
       if self._pool is None:  # in this process: decoded when its result is asked for
-        yield i, self._submit(entry.path)
+        left -= 1
+        yield i, self._submit(entry.path, left)
         continue
       while True:
         window = [j for j in range(i, min(i + self._lookahead, len(entries)))
@@ -365,7 +383,8 @@ class Decoder:
         busy = [f for f in futures.values() if not f.done()]
         # Costliest first; equal costs (unknown: 0.0) keep the plan's order.
         for j in sorted(window, key=lambda j: (-costs[j], j))[:self._in_flight - len(busy)]:
-          futures[j] = self._submit(entries[j].path)
+          left -= 1
+          futures[j] = self._submit(entries[j].path, left)
           busy.append(futures[j])
         if i in futures and futures[i].done():
           break

@@ -55,6 +55,12 @@ class DecodedVideo:
   partial_error: Optional[str]  # decode error after which the frames so far were kept
 
 
+def usable_cores() -> int:
+  """Cores this process may run on (its CPU affinity: a container's or `taskset`'s share): the
+  builder's default pool size, and what tells it whether its workers fill the machine."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def duration_us_at(num_frames: int, fps: float) -> int:
   """Microseconds spanned by `num_frames` stored at `fps`."""
   return int(round(num_frames * 1_000_000 / fps))
@@ -209,7 +215,8 @@ def _announced_seconds(container, stream) -> Optional[float]:
   return None
 
 
-def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -> DecodedVideo:
+def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
+                 threads: int = 0) -> DecodedVideo:
   """Decodes `path` into JPEG frames on the `fps` grid.
 
   Args:
@@ -218,6 +225,10 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
     fps: stored frame rate (> 0).
     short_side: stored short side in pixels after rotation (even); 0 keeps the source size.
     jpeg_quality: 1..100, the IJG (libjpeg) quality scale.
+    threads: FFmpeg decoding threads; 0 lets FFmpeg choose frame and slice threads (one per
+      core). The frames are the same either way (FFmpeg's decoders are bit-exact across threads);
+      the cost is not: one thread spends ~21 % less CPU per frame on the codec mix of
+      benchmarks/build_tfrecords.py, and is what a process per core should use.
 
   Returns:
     DecodedVideo. A file that breaks partway keeps the frames before the damage and says so in
@@ -228,11 +239,8 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int) -
   """
   container, source = _open(path)
   stream = container.streams.video[0]
-  # FFmpeg's frame and slice threads, one per core, even with a worker per core: single-threaded
-  # decoding costs ~12 % less CPU (decode alone, benchmarks/build_tfrecords.py's codec mix) but
-  # the build took 1.3-1.8x longer on a machine shared with other jobs (fewer threads, smaller
-  # share of the cores), and a long video left alone at the end of a build gets only one core.
   stream.thread_type = "AUTO"
+  stream.codec_context.thread_count = threads
   # Timestamps stay integers in the stream's time base (ticks); one exact ratio maps ticks to
   # grid slots.
   time_base = Fraction(stream.time_base or Fraction(1, 90_000))

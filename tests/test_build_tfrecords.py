@@ -257,23 +257,39 @@ def test_crashed_worker_is_reported(tmp_path):
   assert result.reason == "worker_crashed" and "exit code 11" in result.detail
 
 
-def test_costliest_videos_start_first_and_results_keep_their_order(tmp_path):
+def _start_order(tmp_path, entries, **decoder_kwargs) -> list:
+  """[(file name, FFmpeg threads)] in the order a Decoder's workers started `entries`; checks
+  that the results came back in the entries' order."""
+  log = tmp_path / "start_order.txt"
+  if log.exists():
+    log.unlink()
+  decoder = builder.Decoder(builder.BuildSettings(), timeout_s=60, task=worker_tasks.record_start,
+                            **decoder_kwargs)
+  try:
+    results = [(entry.key, result) for entry, result in decoder.decode_in_order(entries)]
+  finally:
+    decoder.close()
+  assert results == [(e.key, os.path.basename(e.path)) for e in entries]
+  return [tuple(line.split(":")) for line in log.read_text().split()]
+
+
+def test_costliest_videos_start_first_and_results_keep_their_order(tmp_path, monkeypatch):
   # Frames per video, in plan order: the 40-frame one comes last but must start first.
   lengths = [4, 8, 2, 6, 40]
   paths = [write_video(str(tmp_path / f"v{i}.mp4"), [coded_frame(j) for j in range(n)])
            for i, n in enumerate(lengths)]
   entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=p, relative_path=p,
                                     label="a") for i, p in enumerate(paths)]
-  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=60,
-                             task=worker_tasks.record_start)
-  try:
-    results = [(entry.key, result) for entry, result in decoder.decode_in_order(entries)]
-  finally:
-    decoder.close()
-  assert results == [(f"k{i}", f"v{i}.mp4") for i in range(5)]
-  started = (tmp_path / "start_order.txt").read_text().split()
-  # One worker, two tasks in flight: the two costliest of the window go first, then by cost.
-  assert started == ["v4.mp4", "v1.mp4", "v3.mp4", "v0.mp4", "v2.mp4"]
+  # One worker on a one-core machine, two tasks in flight: the two costliest of the window go
+  # first, then by cost. Each decodes on one thread except the last, which runs alone.
+  monkeypatch.setattr(builder, "usable_cores", lambda: 1)
+  assert _start_order(tmp_path, entries, num_workers=1) == [
+      ("v4.mp4", "1"), ("v1.mp4", "1"), ("v3.mp4", "1"), ("v0.mp4", "1"), ("v2.mp4", "0")]
+  # A pool smaller than the machine leaves cores free: FFmpeg's threads for every video.
+  monkeypatch.setattr(builder, "usable_cores", lambda: 2)
+  assert {t for _, t in _start_order(tmp_path, entries, num_workers=1)} == {"0"}
+  # A runner that fixes the threads (Beam: one per video) gets them for the tail too.
+  assert {t for _, t in _start_order(tmp_path, entries, num_workers=1, threads=1)} == {"1"}
   # And the shards hold the same bytes as a build in this process, in plan order.
   _build(entries, tmp_path / "workers", num_shards=2, num_workers=2)
   _build(entries, tmp_path / "in_process", num_shards=2, num_workers=0)

@@ -4,6 +4,7 @@ import os
 import uuid
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import simplejpeg
@@ -207,3 +208,26 @@ def test_unusable_files_off_the_local_disk_raise_with_reason():
     with pytest.raises(VideoDecodeError) as error:
       decode_video(storage.join(directory, name), fps=25, short_side=0, jpeg_quality=90)
     assert error.value.reason == reason and name in error.value.detail
+
+
+@pytest.mark.parametrize("codec,ext,options", [
+    ("libx264", "mp4", {"preset": "medium", "bf": "3", "crf": "30"}),  # B-frames, references
+    ("mpeg2video", "ts", {"bf": "2", "q": "6"})])
+def test_frames_do_not_depend_on_decoding_threads(tmp_path, codec, ext, options):
+  # Moving texture at 60 fps: frame threads decode frames that reference each other in parallel.
+  rng = np.random.default_rng(0)
+  texture = rng.integers(0, 256, (96, 160, 3), np.uint8)
+  path = str(tmp_path / f"clip.{ext}")
+  with av.open(path, "w") as container:
+    stream = container.add_stream(codec, rate=60)
+    stream.width, stream.height, stream.pix_fmt, stream.options = 128, 80, "yuv420p", options
+    for t in range(40):
+      rgb = np.ascontiguousarray(np.roll(texture, 2 * t, axis=1)[8:88, :128])
+      for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  decoded = {threads: decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads)
+             for threads in (1, 4, 0)}
+  assert len(decoded[1].jpegs) == 17 and decoded[1].source_frames == 40
+  assert decoded[1].jpegs == decoded[4].jpegs == decoded[0].jpegs

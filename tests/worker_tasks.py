@@ -23,11 +23,10 @@ def crash(path, **kwargs):
 
 
 def record_start(path, **kwargs):
-  """Appends the video's file name to `start_order.txt` beside it, then returns the name: the
-  order in which workers start videos."""
-  del kwargs
+  """Appends the video's file name and its FFmpeg thread count to `start_order.txt` beside it,
+  then returns the name: the order in which workers start videos, and how they decode them."""
   with open(os.path.join(os.path.dirname(path), "start_order.txt"), "a") as log:
-    log.write(os.path.basename(path) + "\n")
+    log.write(f"{os.path.basename(path)}:{kwargs['threads']}\n")
   return os.path.basename(path)
 
 
