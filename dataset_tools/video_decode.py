@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from fractions import Fraction
-from typing import List, Optional
+from typing import Collection, List, Optional, Sequence
 
 import av
 import numpy as np
@@ -48,7 +48,7 @@ class DecodedVideo:
   jpegs: List[bytes]        # [T] one JPEG per grid slot; repeated slots share equal bytes
   height: int               # stored frame size, after rotation and resizing
   width: int
-  source_frames: int        # frames actually decoded from the file
+  source_frames: int        # frames the file yielded (decoded, or skipped as dropped)
   source_width: int         # coded size, before rotation
   source_height: int
   rotation: int             # counter-clockwise degrees applied (0, 90, 180, 270)
@@ -215,8 +215,42 @@ def _announced_seconds(container, stream) -> Optional[float]:
   return None
 
 
+# Decoders whose non-reference frames no other frame reads, so that a frame the grid drops can be
+# skipped before it is decoded without changing any other frame: H.264 (nal_ref_idc 0), what
+# nearly all of Kinetics is. Not HEVC (a "sub-layer non-reference" picture may be read by a
+# higher temporal layer) nor MPEG-4 part 2 (a packed B-frame shares its packet with the next
+# frame); FFmpeg's MPEG-2 decoder skipped 7 of the 39 dropped frames it was offered in
+# benchmarks/build_tfrecords.py's mix, not worth a second path.
+SKIPPABLE_CODECS = frozenset({"h264"})
+
+
+def skips_kept_the_grid(shown: Sequence[int], skipped: Collection[int], kept: Collection[int],
+                        first: int, per_tick: Fraction) -> bool:
+  """Whether frames skipped before decoding left the grid as decoding them would have.
+
+  Args:
+    shown: ticks of the decoded frames, in the order the decoder gave them.
+    skipped: ticks of the frames skipped (sent with skip_frame NONREF, no frame came back).
+    kept: ticks of the packets sent without skipping once skipping could start.
+    first: ticks of the first decoded frame; per_tick: grid slots per tick.
+
+  A skipped frame changes nothing when a later frame follows it in presentation order on its slot
+  (it would have been replaced there). The decoder must also have kept to presentation order and
+  returned every frame that was not skipped, as it does without skipping.
+  """
+  if not skipped:
+    return True
+  if any(b <= a for a, b in zip(shown, shown[1:])) or not set(kept) <= set(shown):
+    return False
+  everything = sorted(set(shown) | set(skipped))
+  if len(everything) != len(shown) + len(skipped) or everything[-1] in skipped:
+    return False
+  return all(t > first and grid_slot(t - first, per_tick) == grid_slot(nxt - first, per_tick)
+             for t, nxt in zip(everything, everything[1:]) if t in skipped)
+
+
 def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
-                 threads: int = 0) -> DecodedVideo:
+                 threads: int = 0, skip_dropped: bool = True) -> DecodedVideo:
   """Decodes `path` into JPEG frames on the `fps` grid.
 
   Args:
@@ -229,6 +263,10 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
       core). The frames are the same either way (FFmpeg's decoders are bit-exact across threads);
       the cost is not: one thread spends ~21 % less CPU per frame on the codec mix of
       benchmarks/build_tfrecords.py, and is what a process per core should use.
+    skip_dropped: skip decoding non-reference frames that the grid drops (SKIPPABLE_CODECS): a
+      59.94 fps H.264 source stored at 25 fps drops 58 % of its frames, a 30 fps one 17 %. The
+      result is the same as decoding every frame: when the timestamps turn out not to be what
+      the skipping assumed (skips_kept_the_grid), the video is decoded again without it.
 
   Returns:
     DecodedVideo. A file that breaks partway keeps the frames before the damage and says so in
@@ -237,15 +275,29 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
   Raises:
     VideoDecodeError when the file is missing, empty, not a video or yields no frame.
   """
+  video = _decode_on_grid(path, fps, short_side, jpeg_quality, threads, skip_dropped)
+  if video is None:
+    video = _decode_on_grid(path, fps, short_side, jpeg_quality, threads, skip_dropped=False)
+  return video
+
+
+def _decode_on_grid(path: str, fps: float, short_side: int, jpeg_quality: int, threads: int,
+                    skip_dropped: bool) -> Optional[DecodedVideo]:
+  """decode_video; None when frames were skipped and that changed the grid."""
   container, source = _open(path)
   stream = container.streams.video[0]
+  codec = stream.codec_context
   stream.thread_type = "AUTO"
-  stream.codec_context.thread_count = threads
+  codec.thread_count = threads
+  skippable = skip_dropped and codec.name in SKIPPABLE_CODECS
   # Timestamps stay integers in the stream's time base (ticks); one exact ratio maps ticks to
   # grid slots.
   time_base = Fraction(stream.time_base or Fraction(1, 90_000))
   per_tick = time_base * Fraction(fps).limit_denominator(1_000_000)
   one_slot_ticks = max(1, round(1 / per_tick))
+  # Packet durations come from decoding timestamps and may differ from the presentation
+  # timestamps' steps by their rounding (a millisecond in Matroska, or in MP4 made from it).
+  jitter = max(1, math.ceil(Fraction(2, 1000) / time_base))
 
   encoder = _FrameEncoder(short_side, jpeg_quality)
   jpegs: List[bytes] = []
@@ -255,27 +307,43 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
   first = last = None                      # ticks of the first frame and the latest one
   last_step = None                         # ticks between the last two frames
   rotation = 0
-  source_w, source_h = stream.codec_context.width, stream.codec_context.height
+  source_w, source_h = codec.width, codec.height
+  shown, sent_to_skip, kept = [], set(), []  # ticks, for skips_kept_the_grid
+  unchecked = False                           # a timestamp was missing
   try:
-    for frame in container.decode(stream):
-      decoded += 1
-      if frame.pts is not None:
-        ticks = frame.pts
-      else:  # no timestamp: assume it follows the previous frame
-        ticks = 0 if last is None else last + (last_step or one_slot_ticks)
-      if first is None:
-        first = last = ticks
-        rotation = _normalised_rotation(getattr(frame, "rotation", 0))
-        source_w, source_h = frame.width, frame.height
-      elif ticks > last:
-        last_step, last = ticks - last, ticks
-      slot = grid_slot(ticks - first, per_tick)
-      if slot < pending_slot:
-        continue  # timestamps went backwards: that slot is already decided
-      if pending_frame is not None and slot > pending_slot:
-        # Slots pending_slot .. slot-1 show the pending frame.
-        jpegs.extend([encoder.encode(pending_frame, rotation)] * (slot - pending_slot))
-      pending_slot, pending_frame = slot, frame
+    for packet in container.demux(stream):
+      if skippable and first is not None and packet.size:  # size 0: the final flush
+        if packet.pts is None:  # nothing to check a skip against: decode all from here on
+          skippable, unchecked, skip = False, True, False
+        else:
+          # Skipped if the next frame, one duration later (give or take the timestamps'
+          # rounding), lands on this frame's slot.
+          skip = bool(packet.duration) and packet.pts > first and (
+              grid_slot(packet.pts - first, per_tick) ==
+              grid_slot(packet.pts + packet.duration + jitter - first, per_tick))
+          (sent_to_skip.add if skip else kept.append)(packet.pts)
+        codec.skip_frame = "NONREF" if skip else "DEFAULT"
+      for frame in codec.decode(packet):
+        decoded += 1
+        if frame.pts is not None:
+          ticks = frame.pts
+          shown.append(ticks)
+        else:  # no timestamp: assume it follows the previous frame
+          ticks = 0 if last is None else last + (last_step or one_slot_ticks)
+          unchecked = True
+        if first is None:
+          first = last = ticks
+          rotation = _normalised_rotation(getattr(frame, "rotation", 0))
+          source_w, source_h = frame.width, frame.height
+        elif ticks > last:
+          last_step, last = ticks - last, ticks
+        slot = grid_slot(ticks - first, per_tick)
+        if slot < pending_slot:
+          continue  # timestamps went backwards: that slot is already decided
+        if pending_frame is not None and slot > pending_slot:
+          # Slots pending_slot .. slot-1 show the pending frame.
+          jpegs.extend([encoder.encode(pending_frame, rotation)] * (slot - pending_slot))
+        pending_slot, pending_frame = slot, frame
   except (av.error.FFmpegError, MemoryError, ValueError) as e:
     partial_error = f"{type(e).__name__}: {e}"
   finally:
@@ -283,6 +351,14 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
     container.close()
     _close_source(source)
 
+  skipped = sent_to_skip - set(shown)
+  if skipped:
+    if (partial_error is not None or unchecked or
+        not skips_kept_the_grid(shown, skipped, kept, first, per_tick)):
+      return None
+    # The last frame's duration as decoding every frame would measure it.
+    everything = sorted(set(shown) | skipped)
+    last_step = everything[-1] - everything[-2]
   if pending_frame is None:
     detail = partial_error or "the video stream holds no decodable frame"
     raise VideoDecodeError("no_frames", f"{path}: {detail}")
@@ -302,9 +378,9 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
     partial_error = (f"decoding ended at {decoded_seconds:.2f} s but the header announces "
                      f"{announced:.2f} s (truncated or damaged file?)")
   return DecodedVideo(
-      jpegs=jpegs, height=encoder.height, width=encoder.width, source_frames=decoded,
-      source_width=source_w, source_height=source_h, rotation=rotation,
-      partial_error=partial_error)
+      jpegs=jpegs, height=encoder.height, width=encoder.width,
+      source_frames=decoded + len(skipped), source_width=source_w, source_height=source_h,
+      rotation=rotation, partial_error=partial_error)
 
 
 def estimate_decode_cost(path: str) -> float:

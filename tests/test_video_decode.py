@@ -11,7 +11,9 @@ import simplejpeg
 
 from conftest import coded_frame, frame_index, write_audio_only, write_video
 from cvrl_tf import storage
-from dataset_tools.video_decode import VideoDecodeError, decode_video, grid_slot, output_size
+from dataset_tools import video_decode
+from dataset_tools.video_decode import (VideoDecodeError, decode_video, grid_slot, output_size,
+                                        skips_kept_the_grid)
 
 
 def _indices(video):
@@ -210,24 +212,89 @@ def test_unusable_files_off_the_local_disk_raise_with_reason():
     assert error.value.reason == reason and name in error.value.detail
 
 
-@pytest.mark.parametrize("codec,ext,options", [
-    ("libx264", "mp4", {"preset": "medium", "bf": "3", "crf": "30"}),  # B-frames, references
-    ("mpeg2video", "ts", {"bf": "2", "q": "6"})])
-def test_frames_do_not_depend_on_decoding_threads(tmp_path, codec, ext, options):
-  # Moving texture at 60 fps: frame threads decode frames that reference each other in parallel.
-  rng = np.random.default_rng(0)
-  texture = rng.integers(0, 256, (96, 160, 3), np.uint8)
-  path = str(tmp_path / f"clip.{ext}")
+_B_FRAMES = {"preset": "medium", "bf": "3", "crf": "30"}  # x264: B-frames, some not references
+
+
+def _write_moving_texture(path, codec, options, times=None, num_frames=40):
+  """A texture sliding 2 px per frame at 60 fps (or at `times`, seconds): frames that reference
+  each other, as a camera pan makes them. 128x80."""
+  texture = np.random.default_rng(0).integers(0, 256, (96, 160, 3), np.uint8)
   with av.open(path, "w") as container:
     stream = container.add_stream(codec, rate=60)
     stream.width, stream.height, stream.pix_fmt, stream.options = 128, 80, "yuv420p", options
-    for t in range(40):
+    if times is not None:
+      stream.codec_context.time_base = Fraction(1, 1000)
+    for t in range(num_frames):
       rgb = np.ascontiguousarray(np.roll(texture, 2 * t, axis=1)[8:88, :128])
-      for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+      frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+      if times is not None:
+        frame.pts, frame.time_base = int(round(times[t] * 1000)), Fraction(1, 1000)
+      for packet in stream.encode(frame):
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
+  return path
+
+
+@pytest.mark.parametrize("codec,ext,options", [
+    ("libx264", "mp4", _B_FRAMES), ("mpeg2video", "ts", {"bf": "2", "q": "6"})])
+def test_frames_do_not_depend_on_decoding_threads(tmp_path, codec, ext, options):
+  # Frame threads decode frames that reference each other in parallel.
+  path = _write_moving_texture(str(tmp_path / f"clip.{ext}"), codec, options)
   decoded = {threads: decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads)
              for threads in (1, 4, 0)}
   assert len(decoded[1].jpegs) == 17 and decoded[1].source_frames == 40
   assert decoded[1].jpegs == decoded[4].jpegs == decoded[0].jpegs
+
+
+def test_skips_kept_the_grid_hand_cases():
+  # 10 ticks per slot: ticks 0-4 land on slot 0, 5-14 on slot 1, 15-24 on slot 2 (half up).
+  per_tick = Fraction(1, 10)
+  check = lambda shown, skipped, kept=(): skips_kept_the_grid(shown, skipped, kept, 0, per_tick)
+  assert check([0, 4, 8, 16], set())                 # nothing skipped
+  assert check([0, 4, 12, 16], {8})                  # 8 and 12 share slot 1: 12 replaces 8
+  assert not check([0, 4, 8, 16], {12})              # 16 is on slot 2: 12 would have shown
+  assert not check([0, 4, 8], {12})                  # the last frame fixes the grid's end
+  assert not check([0, 8, 4, 16], {12})              # the decoder left presentation order
+  assert not check([0, 4, 16], {8}, kept=[12])       # a frame sent to decode did not come back
+  assert not check([0, 8, 16], {8})                  # skipped and shown: not a skip
+  assert not skips_kept_the_grid([4, 8, 16], {0}, (), 4, per_tick)  # before the first frame
+
+
+def _spy_on_skips(monkeypatch) -> list:
+  """(frames skipped, kept the grid) per decode that skipped any, from skips_kept_the_grid."""
+  calls = []
+  check = video_decode.skips_kept_the_grid
+  monkeypatch.setattr(video_decode, "skips_kept_the_grid", lambda shown, skipped, *args: (
+      calls.append((len(skipped), check(shown, skipped, *args))) or calls[-1][1]))
+  return calls
+
+
+def test_frames_dropped_by_the_grid_are_skipped_and_change_nothing(tmp_path, monkeypatch):
+  # 60 fps with B-frames at 25 fps: 23 of 40 frames are dropped; the non-reference ones among
+  # them are never decoded, and the JPEGs are those of decoding every frame.
+  calls = _spy_on_skips(monkeypatch)
+  path = _write_moving_texture(str(tmp_path / "clip.mp4"), "libx264", _B_FRAMES)
+  for threads in (1, 0):
+    skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads)
+    everything = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads,
+                              skip_dropped=False)
+    assert skipping.jpegs == everything.jpegs and len(everything.jpegs) == 17
+    assert skipping.source_frames == everything.source_frames == 40
+  assert [kept for _, kept in calls] == [True, True] and all(n >= 5 for n, _ in calls)
+
+
+def test_skipping_on_variable_timestamps_decodes_again_when_it_must(tmp_path, monkeypatch):
+  # Millisecond timestamps with a 130 ms pause after frame `gap`: a packet's duration (from the
+  # decoding timestamps) no longer says when the next frame is shown, and a frame skipped as
+  # replaced can be the one a slot shows. Then the video is decoded again, every frame.
+  calls = _spy_on_skips(monkeypatch)
+  for gap in range(10, 22):
+    times = [i / 60 + (0.13 if i >= gap else 0) for i in range(40)]
+    path = _write_moving_texture(str(tmp_path / f"gap{gap}.mp4"), "libx264", _B_FRAMES, times)
+    skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=1)
+    everything = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=1,
+                              skip_dropped=False)
+    assert skipping.jpegs == everything.jpegs, gap
+  outcomes = {kept for _, kept in calls}
+  assert len(calls) == 12 and outcomes == {True, False}, calls
