@@ -303,16 +303,19 @@ def _cpu() -> float:
 
 
 def breakdown_ours(path: str) -> dict:
-  """CPU seconds of one `decode_video(path)` in this process, by stage.
+  """CPU seconds of one `decode_video(path)` in this process, by stage, with one decoding thread
+  (what the builder's workers use while they fill the cores).
 
-  decode: a pass that only decodes (every thread of the process); scale, jpeg: the swscale and
-  libjpeg-turbo calls of the real run (this thread); other: the rest of the real run (grid,
-  plane copies, Python); serialize: `schema.serialize_video` of the result.
+  decode: a pass with the scaling and the JPEG encoder stubbed out (decoding, skipped frames
+  included, and the grid); scale, jpeg: the swscale and libjpeg-turbo calls of the real run;
+  other: the rest of the real run (plane copies); serialize: `schema.serialize_video` of the
+  result.
   """
   from cvrl_tf import schema
   from dataset_tools import video_decode
   clock = {"scale": 0.0, "jpeg": 0.0}
   saved = video_decode.VideoReformatter, video_decode.simplejpeg
+  tiny = av.VideoFrame(2, 2, "yuv420p")
 
   class TimedScaler:
     def __init__(self):
@@ -332,25 +335,32 @@ def breakdown_ours(path: str) -> dict:
       clock["jpeg"] += time.thread_time() - start
       return out
 
-  start = time.process_time()
-  with av.open(path) as container:
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    decoded = sum(1 for _ in container.decode(stream))
-  decode = time.process_time() - start
-  video_decode.VideoReformatter = TimedScaler
-  video_decode.simplejpeg = TimedJpeg
-  try:
-    start, wall = time.process_time(), time.perf_counter()
-    video = video_decode.decode_video(path, fps=FPS, short_side=SHORT_SIDE, jpeg_quality=QUALITY)
-    total, wall = time.process_time() - start, time.perf_counter() - wall
-  finally:
-    video_decode.VideoReformatter, video_decode.simplejpeg = saved
+  class NoScaler:
+    def reformat(self, *args, **kwargs):
+      return tiny
+
+  class NoJpeg:
+    @staticmethod
+    def encode_jpeg_yuv_planes(*args, **kwargs):
+      return b""
+
+  def run(scaler, jpeg) -> tuple:
+    video_decode.VideoReformatter, video_decode.simplejpeg = scaler, jpeg
+    try:
+      start, wall = time.process_time(), time.perf_counter()
+      video = video_decode.decode_video(path, fps=FPS, short_side=SHORT_SIDE,
+                                        jpeg_quality=QUALITY, threads=1)
+      return video, time.process_time() - start, time.perf_counter() - wall
+    finally:
+      video_decode.VideoReformatter, video_decode.simplejpeg = saved
+
+  _, decode, _ = run(NoScaler, NoJpeg)
+  video, total, wall = run(TimedScaler, TimedJpeg)
   start = time.process_time()
   schema.serialize_video(video.jpegs, video_id="x", filename=path, fps=FPS, height=video.height,
                          width=video.width, start_us=0, end_us=0)
   serialize = time.process_time() - start
-  return {"frames_in": decoded, "frames_out": len(video.jpegs),
+  return {"frames_in": video.source_frames, "frames_out": len(video.jpegs),
           "encoded": len(set(map(id, video.jpegs))), "decode": decode, "scale": clock["scale"],
           "jpeg": clock["jpeg"], "other": total - decode - clock["scale"] - clock["jpeg"],
           "serialize": serialize, "total": total + serialize, "wall": wall}

@@ -82,9 +82,10 @@ class BuildShard(beam.DoFn):
     if state == builder.COMPLETE:
       Metrics.counter(NAMESPACE, "shards_skipped").inc()
       return
-    summary = builder.write_shard(
-        self._output_dir, shard, self._decoder.decode_in_order(shard.entries), self._settings,
-        self._label_index, inputs, on_video=_count_video)
+    records = self._decoder.decode_in_order(
+        shard.entries, builder.record_maker(self._settings, self._label_index))
+    summary = builder.write_shard(self._output_dir, shard, records, inputs,
+                                  on_video=_count_video)
     Metrics.counter(NAMESPACE, "shards_rebuilt" if state == builder.CHANGED
                     else "shards_written").inc()
     Metrics.counter(NAMESPACE, "bytes").inc(summary.bytes)
@@ -98,7 +99,7 @@ def _count_video(result) -> None:
     Metrics.counter(NAMESPACE, f"failed_{result.reason}").inc()
   else:
     Metrics.counter(NAMESPACE, "videos").inc()
-    Metrics.counter(NAMESPACE, "frames").inc(len(result.jpegs))
+    Metrics.counter(NAMESPACE, "frames").inc(result.frames)
 
 
 def counters(result) -> Dict[str, int]:

@@ -50,6 +50,7 @@ from dataset_tools.video_decode import (DecodedVideo, VideoDecodeError, decode_v
                                        timed_decode_video, usable_cores)
 
 STATE_DIR = ".build_state"
+WORKER_NICENESS = 5       # added to the decoding workers' nice value
 PLAN_SEED = 20210619
 TARGET_SHARD_BYTES = 150 * 2**20   # TF's guidance: shards of 100-200 MB read well
 MAX_VIDEO_BYTES = 1 << 30           # a SequenceExample must stay well under protobuf's 2 GB
@@ -314,9 +315,10 @@ class Decoder:
   """Decodes entries in a worker pool (in this process when `num_workers` is 0), handing
   results back in submission order.
 
-  Workers start the costliest videos of a look-ahead window first (header estimate, local files):
-  a long video that the plan puts last would otherwise run alone while the other cores idle.
-  Results still come back in the order of the entries, so the shards' bytes do not change.
+  Workers start the video the writer waits for, then the costliest videos of a look-ahead window
+  (header estimate, local files): a long video that the plan puts last would otherwise run alone
+  while the other cores idle. Results still come back in the order of the entries, so the
+  shards' bytes do not change.
   """
 
   def __init__(self, settings: BuildSettings, num_workers: int, timeout_s: Optional[float],
@@ -334,8 +336,12 @@ class Decoder:
     self._kwargs = dataclasses.asdict(settings)
     self._timeout = timeout_s if timeout_s and timeout_s > 0 else None
     # spawn: workers must not inherit TensorFlow's threads (the parent writes TFRecords).
+    # Workers run at a lower priority than this process, the one writer of what they all make:
+    # a writer that waits for a core falls behind and leaves its backlog for the end, with the
+    # cores idle (benchmarks/build_tfrecords.py).
     self._pool = pebble.ProcessPool(max_workers=num_workers,
-                                    context=multiprocessing.get_context("spawn")
+                                    context=multiprocessing.get_context("spawn"),
+                                    initializer=os.nice, initargs=(WORKER_NICENESS,)
                                     ) if num_workers else None
     self._num_workers = num_workers
     self._threads = threads
@@ -362,10 +368,12 @@ class Decoder:
       return _InProcess(self._task, path, kwargs)
     return self._pool.schedule(self._task, args=(path,), kwargs=kwargs, timeout=self._timeout)
 
-  def _futures_in_order(self, entries: Sequence[VideoEntry]):
+  def _futures_in_order(self, entries: Sequence[VideoEntry], on_done):
     """Yields (index, future) for each entry without a known problem, in the order of `entries`;
-    submits from the window [index, index + look-ahead), costliest first."""
-    futures, costs = {}, {}
+    submits from the window [index, index + look-ahead), the awaited video and then the
+    costliest first. `on_done(index, future)` is called once per finished future, as soon as
+    this process sees it finish (in any order)."""
+    futures, costs, seen = {}, {}, set()
     left = sum(entry.problem is None for entry in entries)  # not submitted yet
     for i, entry in enumerate(entries):
       if entry.problem is not None:
@@ -381,37 +389,65 @@ class Decoder:
           if j not in costs:
             costs[j] = estimate_decode_cost(entries[j].path)
         busy = [f for f in futures.values() if not f.done()]
-        # Costliest first; equal costs (unknown: 0.0) keep the plan's order.
-        for j in sorted(window, key=lambda j: (-costs[j], j))[:self._in_flight - len(busy)]:
+        # The video the writer waits for, then the costliest; equal costs (unknown: 0.0) keep
+        # the plan's order. (Costliest first alone left a cheap video early in the plan to the
+        # end of the build, and the writer's backlog behind it with one core busy.)
+        for j in sorted(window, key=lambda j: (j != i, -costs[j], j))[
+            :self._in_flight - len(busy)]:
           left -= 1
           futures[j] = self._submit(entries[j].path, left)
           busy.append(futures[j])
+        for j, future in futures.items():
+          if j not in seen and future.done():
+            seen.add(j)
+            on_done(j, future)
         if i in futures and futures[i].done():
           break
         concurrent.futures.wait(busy, return_when=concurrent.futures.FIRST_COMPLETED)
       costs.pop(i, None)
+      seen.discard(i)
       yield i, futures.pop(i)
 
-  def decode_in_order(self, entries: Sequence[VideoEntry]):
-    """Yields (entry, DecodedVideo | VideoDecodeError) in the order of `entries`."""
-    futures = self._futures_in_order(entries)
+  def _outcome(self, entry: VideoEntry, future):
+    """The DecodedVideo of a finished future, or the VideoDecodeError that says why not."""
+    try:
+      return future.result()
+    except VideoDecodeError as e:
+      return e
+    except concurrent.futures.TimeoutError:
+      return VideoDecodeError("timeout", f"{entry.path}: decoding took over {self._timeout} s "
+                                         "(--timeout_s)")
+    except pebble.ProcessExpired as e:
+      return VideoDecodeError("worker_crashed", f"{entry.path}: the decoder process died "
+                                                f"(exit code {e.exitcode})")
+    except Exception as e:  # a bug or an FFmpeg error we did not foresee: report, go on
+      return VideoDecodeError("decode_error", f"{entry.path}: {type(e).__name__}: {e}")
+
+  def decode_in_order(self, entries: Sequence[VideoEntry], prepare=lambda entry, result: result):
+    """Yields (entry, prepare(entry, DecodedVideo | VideoDecodeError)) in the order of `entries`.
+
+    `prepare` runs in this process as soon as each video is decoded, in whatever order they
+    finish: its work (write_shard's serialisation) keeps pace with the workers instead of piling
+    up behind the video the writer waits for.
+    """
+    ready = {}
+    on_done = lambda j, future: ready.__setitem__(
+        j, prepare(entries[j], self._outcome(entries[j], future)))
+    futures = self._futures_in_order(entries, on_done)
     for i, entry in enumerate(entries):
       if entry.problem is not None:
-        yield entry, VideoDecodeError(entry.problem, entry.detail)
+        yield entry, prepare(entry, VideoDecodeError(entry.problem, entry.detail))
         continue
       _, future = next(futures)
-      try:
-        yield entry, future.result()
-      except VideoDecodeError as e:
-        yield entry, e
-      except concurrent.futures.TimeoutError:
-        yield entry, VideoDecodeError("timeout", f"{entry.path}: decoding took over "
-                                                 f"{self._timeout} s (--timeout_s)")
-      except pebble.ProcessExpired as e:
-        yield entry, VideoDecodeError("worker_crashed", f"{entry.path}: the decoder process "
-                                                        f"died (exit code {e.exitcode})")
-      except Exception as e:  # a bug or an FFmpeg error we did not foresee: report, go on
-        yield entry, VideoDecodeError("decode_error", f"{entry.path}: {type(e).__name__}: {e}")
+      yield entry, ready.pop(i) if i in ready else prepare(entry, self._outcome(entry, future))
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoRecord:
+  """A decoded video as write_shard stores it: its serialized SequenceExample."""
+  record: bytes
+  frames: int
+  partial_error: Optional[str]
 
 
 def _serialize(entry: VideoEntry, video: DecodedVideo, settings: BuildSettings,
@@ -426,12 +462,28 @@ def _serialize(entry: VideoEntry, video: DecodedVideo, settings: BuildSettings,
       label_text=entry.label if labelled else None)
 
 
-def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSettings,
-                label_map: Dict[str, int], inputs: str, on_video=None) -> ShardSummary:
-  """Writes one shard from (entry, result) pairs; renames it into place only when complete.
+def record_maker(settings: BuildSettings, label_map: Dict[str, int]):
+  """The `prepare` of Decoder.decode_in_order for write_shard: (entry, DecodedVideo |
+  VideoDecodeError) -> VideoRecord | VideoDecodeError; a video over MAX_VIDEO_BYTES of JPEG
+  frames becomes a too_large failure."""
+  def prepare(entry: VideoEntry, result):
+    if isinstance(result, VideoDecodeError):
+      return result
+    if sum(map(len, result.jpegs)) > MAX_VIDEO_BYTES:
+      return VideoDecodeError("too_large", f"{entry.path}: over {MAX_VIDEO_BYTES >> 20} MB of "
+                                           "JPEG frames; lower --fps or trim the video")
+    return VideoRecord(record=_serialize(entry, result, settings, label_map),
+                       frames=len(result.jpegs), partial_error=result.partial_error)
+  return prepare
+
+
+def write_shard(output_dir: str, shard: ShardPlan, results, inputs: str,
+                on_video=None) -> ShardSummary:
+  """Writes one shard from (entry, VideoRecord | VideoDecodeError) pairs (decode_in_order with
+  record_maker); renames it into place only when complete.
 
   `inputs` (input_fingerprint of the shard's videos) is kept in its summary; `on_video(result)`
-  is called with each DecodedVideo or VideoDecodeError as it is written.
+  is called with each VideoRecord or VideoDecodeError as it is written.
   """
   summary = ShardSummary(name=shard.name, split=shard.split, inputs=inputs)
   # Unique per process: two builds of one folder (a retried job) must not write one file; both
@@ -439,15 +491,12 @@ def write_shard(output_dir: str, shard: ShardPlan, results, settings: BuildSetti
   tmp_path = storage.temporary_name(storage.join(output_dir, shard.name))
   with tf.io.TFRecordWriter(tmp_path) as writer:
     for entry, result in results:
-      if isinstance(result, DecodedVideo) and sum(map(len, result.jpegs)) > MAX_VIDEO_BYTES:
-        result = VideoDecodeError("too_large", f"{entry.path}: over {MAX_VIDEO_BYTES >> 20} MB "
-                                               "of JPEG frames; lower --fps or trim the video")
       if isinstance(result, VideoDecodeError):
         summary.failures.append([entry.key, result.reason, result.detail])
       else:
-        writer.write(_serialize(entry, result, settings, label_map))
+        writer.write(result.record)
         summary.videos += 1
-        summary.frames += len(result.jpegs)
+        summary.frames += result.frames
         if result.partial_error:
           summary.partial.append([entry.key, result.partial_error])
       if on_video:
@@ -652,11 +701,11 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
 
     decoder = Decoder(settings, num_workers, timeout_s)
     try:
-      results = decoder.decode_in_order([e for s in todo for e in s.entries])
+      results = decoder.decode_in_order([e for s in todo for e in s.entries],
+                                        record_maker(settings, label_index))
       for shard in todo:
         shard_results = (next(results) for _ in shard.entries)
-        write_shard(output_dir, shard, shard_results, settings, label_index, states[shard.name][1],
-                    on_video)
+        write_shard(output_dir, shard, shard_results, states[shard.name][1], on_video)
     finally:
       decoder.close()
       bar.close()
