@@ -50,7 +50,6 @@ from dataset_tools.video_decode import (DecodedVideo, VideoDecodeError, decode_v
                                        timed_decode_video, usable_cores)
 
 STATE_DIR = ".build_state"
-WORKER_NICENESS = 5       # added to the decoding workers' nice value
 PLAN_SEED = 20210619
 TARGET_SHARD_BYTES = 150 * 2**20   # TF's guidance: shards of 100-200 MB read well
 MAX_VIDEO_BYTES = 1 << 30           # a SequenceExample must stay well under protobuf's 2 GB
@@ -336,12 +335,8 @@ class Decoder:
     self._kwargs = dataclasses.asdict(settings)
     self._timeout = timeout_s if timeout_s and timeout_s > 0 else None
     # spawn: workers must not inherit TensorFlow's threads (the parent writes TFRecords).
-    # Workers run at a lower priority than this process, the one writer of what they all make:
-    # a writer that waits for a core falls behind and leaves its backlog for the end, with the
-    # cores idle (benchmarks/build_tfrecords.py).
     self._pool = pebble.ProcessPool(max_workers=num_workers,
-                                    context=multiprocessing.get_context("spawn"),
-                                    initializer=os.nice, initargs=(WORKER_NICENESS,)
+                                    context=multiprocessing.get_context("spawn")
                                     ) if num_workers else None
     self._num_workers = num_workers
     self._threads = threads

@@ -288,6 +288,20 @@ def test_costliest_videos_start_first_and_results_keep_their_order(tmp_path, mon
   assert started[:2] == [("v0.mp4", "1"), ("v4.mp4", "1")]
   assert sorted(name for name, _ in started) == [f"v{i}.mp4" for i in range(5)]
   assert [threads for _, threads in started] == ["1", "1", "1", "1", "0"]
+  # Each video is prepared (write_shard's serialisation) once, as soon as it is decoded: the
+  # costliest, last in the plan, before the writer gets the second video.
+  events = []
+  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=60,
+                            task=worker_tasks.record_start)
+  try:
+    for entry, result in decoder.decode_in_order(
+        entries, lambda entry, result: events.append(("prepared", entry.key)) or result):
+      events.append(("yielded", entry.key))
+  finally:
+    decoder.close()
+  assert events.index(("prepared", "k4")) < events.index(("yielded", "k1"))
+  assert sorted(key for event, key in events if event == "prepared") == [f"k{i}" for i in range(5)]
+  assert [key for event, key in events if event == "yielded"] == [f"k{i}" for i in range(5)]
   # A pool smaller than the machine leaves cores free: FFmpeg's threads for every video.
   monkeypatch.setattr(builder, "usable_cores", lambda: 2)
   assert {t for _, t in _start_order(tmp_path, entries, num_workers=1)} == {"0"}
