@@ -12,7 +12,8 @@ presentation time t (seconds after the first frame) lands on grid slot round(t *
 stores the last frame that landed on a slot <= k. A slower source therefore repeats frames, a
 faster one drops them, and timestamps jittered by less than half a slot still map one to one.
 Header frame counts and durations are never trusted: the grid ends where the last decoded frame
-stops being shown.
+stops being shown. H.264 frames that the grid drops and that no other frame references are not
+decoded at all (`skip_dropped`); the result is the same as decoding every frame.
 """
 
 import dataclasses
