@@ -325,8 +325,8 @@ class Decoder:
     """`threads`: FFmpeg threads per video (decode_video's), or None to choose per video.
 
     None: one thread per video while the workers fill the cores, the least CPU per frame; the
-    last videos of the entries (fewer left than workers), and every video of a pool smaller than
-    the machine, get FFmpeg's own threads (0), so a long video left alone still has every core.
+    last videos submitted (fewer left than workers), and every video of a pool smaller than the
+    machine, get FFmpeg's own threads (0), so a long video left alone still has every core.
     A runner whose workers already fill the cores and whose tail is not this pool's (Beam) fixes 1.
     """
     # Workers get plain values and a function of video_decode.py: unpickling anything of this
@@ -364,12 +364,22 @@ class Decoder:
     return self._pool.schedule(self._task, args=(path,), kwargs=kwargs, timeout=self._timeout)
 
   def _futures_in_order(self, entries: Sequence[VideoEntry], on_done):
-    """Yields (index, future) for each entry without a known problem, in the order of `entries`;
-    submits from the window [index, index + look-ahead), the awaited video and then the
-    costliest first. `on_done(index, future)` is called once per finished future, as soon as
-    this process sees it finish (in any order)."""
-    futures, costs, seen = {}, {}, set()
+    """Yields (index, None) for each entry without a known problem, in the order of `entries`,
+    once its video is decoded; submits from the window [index, index + look-ahead), the awaited
+    video first, then the costliest.
+
+    Each finished future goes to `on_done(index, future)` (in the order they finish, whenever
+    this process looks: while it waits for the awaited video) and is dropped here, so that a
+    result is held once. In this process (no pool) the yield is (index, a future to resolve).
+    """
+    futures, costs, handed = {}, {}, set()
     left = sum(entry.problem is None for entry in entries)  # not submitted yet
+
+    def hand_over_finished():
+      for j in [j for j, future in futures.items() if future.done()]:
+        handed.add(j)
+        on_done(j, futures.pop(j))
+
     for i, entry in enumerate(entries):
       if entry.problem is not None:
         continue
@@ -377,9 +387,9 @@ class Decoder:
         left -= 1
         yield i, self._submit(entry.path, left)
         continue
-      while True:
+      while i not in handed:
         window = [j for j in range(i, min(i + self._lookahead, len(entries)))
-                  if j not in futures and entries[j].problem is None]
+                  if j not in futures and j not in handed and entries[j].problem is None]
         for j in window:
           if j not in costs:
             costs[j] = estimate_decode_cost(entries[j].path)
@@ -392,16 +402,13 @@ class Decoder:
           left -= 1
           futures[j] = self._submit(entries[j].path, left)
           busy.append(futures[j])
-        for j, future in futures.items():
-          if j not in seen and future.done():
-            seen.add(j)
-            on_done(j, future)
-        if i in futures and futures[i].done():
-          break
-        concurrent.futures.wait(busy, return_when=concurrent.futures.FIRST_COMPLETED)
+        hand_over_finished()
+        if i not in handed:
+          concurrent.futures.wait(busy, return_when=concurrent.futures.FIRST_COMPLETED)
+      hand_over_finished()  # what finished before `i` did, seen late, goes first
       costs.pop(i, None)
-      seen.discard(i)
-      yield i, futures.pop(i)
+      handed.discard(i)
+      yield i, None
 
   def _outcome(self, entry: VideoEntry, future):
     """The DecodedVideo of a finished future, or the VideoDecodeError that says why not."""
@@ -423,18 +430,29 @@ class Decoder:
 
     `prepare` runs in this process as soon as each video is decoded, in whatever order they
     finish: its work (write_shard's serialisation) keeps pace with the workers instead of piling
-    up behind the video the writer waits for.
+    up behind the video the writer waits for. An exception it raises comes out at its own entry.
     """
-    ready = {}
-    on_done = lambda j, future: ready.__setitem__(
-        j, prepare(entries[j], self._outcome(entries[j], future)))
+    ready = {}  # index -> (prepared, None) or (None, the exception prepare raised)
+
+    def on_done(j, future):
+      try:
+        ready[j] = prepare(entries[j], self._outcome(entries[j], future)), None
+      except Exception as e:  # raised at j's turn, not at the entry being waited for
+        ready[j] = None, e
+
     futures = self._futures_in_order(entries, on_done)
     for i, entry in enumerate(entries):
       if entry.problem is not None:
         yield entry, prepare(entry, VideoDecodeError(entry.problem, entry.detail))
         continue
-      _, future = next(futures)
-      yield entry, ready.pop(i) if i in ready else prepare(entry, self._outcome(entry, future))
+      _, in_process = next(futures)
+      if in_process is not None:
+        yield entry, prepare(entry, self._outcome(entry, in_process))
+        continue
+      prepared, error = ready.pop(i)
+      if error is not None:
+        raise error
+      yield entry, prepared
 
 
 @dataclasses.dataclass(frozen=True)
@@ -717,7 +735,8 @@ def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_worke
   candidates = sorted((e for e in entries if e.problem is None), key=lambda e: (e.split, e.key))
   step = max(1, len(candidates) // max(1, sample_size))
   sample = candidates[::step][:sample_size]
-  decoder = Decoder(settings, num_workers, timeout_s, task=timed_decode_video)
+  # One thread per video, as a build's workers decode until its last few videos.
+  decoder = Decoder(settings, num_workers, timeout_s, task=timed_decode_video, threads=1)
   sizes, frames, seconds, failures = [], [], [], 0
   try:
     for _, result in decoder.decode_in_order(sample):

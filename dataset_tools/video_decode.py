@@ -13,7 +13,7 @@ stores the last frame that landed on a slot <= k. A slower source therefore repe
 faster one drops them, and timestamps jittered by less than half a slot still map one to one.
 Header frame counts and durations are never trusted: the grid ends where the last decoded frame
 stops being shown. H.264 frames that the grid drops and that no other frame references are not
-decoded at all (`skip_dropped`); the result is the same as decoding every frame.
+decoded at all (`skip_dropped`); the result is that of decoding every frame (see decode_video).
 """
 
 import dataclasses
@@ -238,6 +238,11 @@ def skips_kept_the_grid(shown: Sequence[int], skipped: Collection[int], kept: Co
   A skipped frame changes nothing when a later frame follows it in presentation order on its slot
   (it would have been replaced there). The decoder must also have kept to presentation order and
   returned every frame that was not skipped, as it does without skipping.
+
+  Presentation order is taken from the timestamps: H.264 puts frames out in their own order (picture
+  order counts), which a file's timestamps follow unless its muxer broke them. A file whose
+  decoded frames come out with timestamps out of order fails here; one where only skipped frames
+  carry wrong timestamps cannot be told apart (the skipped frames are never seen).
   """
   if not skipped:
     return True
@@ -267,7 +272,9 @@ def decode_video(path: str, *, fps: float, short_side: int, jpeg_quality: int,
     skip_dropped: skip decoding non-reference frames that the grid drops (SKIPPABLE_CODECS): a
       59.94 fps H.264 source stored at 25 fps drops 58 % of its frames, a 30 fps one 17 %. The
       result is the same as decoding every frame: when the timestamps turn out not to be what
-      the skipping assumed (skips_kept_the_grid), the video is decoded again without it.
+      the skipping assumed (skips_kept_the_grid; repeated or missing timestamps, interlaced
+      video), the video is decoded again without it. The exception is a file whose muxer gave
+      skipped frames timestamps out of their display order, which cannot be seen.
 
   Returns:
     DecodedVideo. A file that breaks partway keeps the frames before the damage and says so in
@@ -296,8 +303,9 @@ def _decode_on_grid(path: str, fps: float, short_side: int, jpeg_quality: int, t
   time_base = Fraction(stream.time_base or Fraction(1, 90_000))
   per_tick = time_base * Fraction(fps).limit_denominator(1_000_000)
   one_slot_ticks = max(1, round(1 / per_tick))
-  # Packet durations come from decoding timestamps and may differ from the presentation
-  # timestamps' steps by their rounding (a millisecond in Matroska, or in MP4 made from it).
+  # A packet's duration (from MP4's decoding timestamps, Matroska's block durations) may differ
+  # from the step to the next presentation timestamp by the timestamps' rounding (a millisecond
+  # in Matroska, or in MP4 made from it).
   jitter = max(1, math.ceil(Fraction(2, 1000) / time_base))
 
   encoder = _FrameEncoder(short_side, jpeg_quality)
@@ -310,11 +318,16 @@ def _decode_on_grid(path: str, fps: float, short_side: int, jpeg_quality: int, t
   rotation = 0
   source_w, source_h = codec.width, codec.height
   shown, sent_to_skip, kept = [], set(), []  # ticks, for skips_kept_the_grid
-  unchecked = False                           # a timestamp was missing
+  sent = set()                                # ticks of every packet sent
+  unchecked = False                           # a timestamp missing or repeated
   try:
     for packet in container.demux(stream):
-      if skippable and first is not None and packet.size:  # size 0: the final flush
-        if packet.pts is None:  # nothing to check a skip against: decode all from here on
+      if packet.size and packet.pts is not None:  # size 0: the final flush
+        # Two packets at one time: a skipped one and a kept one could not be told apart.
+        unchecked |= packet.pts in sent
+        sent.add(packet.pts)
+      if skippable and first is not None and packet.size:
+        if packet.pts is None or unchecked:  # nothing to check a skip against: decode all
           skippable, unchecked, skip = False, True, False
         else:
           # Skipped if the next frame, one duration later (give or take the timestamps'
@@ -336,6 +349,9 @@ def _decode_on_grid(path: str, fps: float, short_side: int, jpeg_quality: int, t
           first = last = ticks
           rotation = _normalised_rotation(getattr(frame, "rotation", 0))
           source_w, source_h = frame.width, frame.height
+          # Interlaced H.264 may carry a frame's two fields in two packets: the second one never
+          # comes back as a frame, and would look skipped.
+          skippable = skippable and not frame.interlaced_frame
         elif ticks > last:
           last_step, last = ticks - last, ticks
         slot = grid_slot(ticks - first, per_tick)

@@ -302,6 +302,22 @@ def test_costliest_videos_start_first_and_results_keep_their_order(tmp_path, mon
   assert events.index(("prepared", "k4")) < events.index(("yielded", "k1"))
   assert sorted(key for event, key in events if event == "prepared") == [f"k{i}" for i in range(5)]
   assert [key for event, key in events if event == "yielded"] == [f"k{i}" for i in range(5)]
+  # An exception of `prepare` (for k4, decoded second) comes out at k4's turn, after k0-k3.
+  def failing(entry, result):
+    if entry.key == "k4":
+      raise RuntimeError("cannot serialise k4")
+    return result
+
+  got = []
+  decoder = builder.Decoder(builder.BuildSettings(), num_workers=1, timeout_s=60,
+                            task=worker_tasks.record_start)
+  try:
+    with pytest.raises(RuntimeError, match="k4"):
+      for entry, _ in decoder.decode_in_order(entries, failing):
+        got.append(entry.key)
+  finally:
+    decoder.close()
+  assert got == ["k0", "k1", "k2", "k3"]
   # A pool smaller than the machine leaves cores free: FFmpeg's threads for every video.
   monkeypatch.setattr(builder, "usable_cores", lambda: 2)
   assert {t for _, t in _start_order(tmp_path, entries, num_workers=1)} == {"0"}

@@ -298,3 +298,56 @@ def test_skipping_on_variable_timestamps_decodes_again_when_it_must(tmp_path, mo
     assert skipping.jpegs == everything.jpegs, gap
   outcomes = {kept for _, kept in calls}
   assert len(calls) == 12 and outcomes == {True, False}, calls
+
+
+def _remux_to_mkv(source, path, presentation_ms):
+  """Copies `source`'s packets into Matroska with presentation times `presentation_ms(i)` for the
+  i-th frame in display order (decoding times 20 ms apart): timestamps a broken muxer writes."""
+  with av.open(source) as reader, av.open(path, "w") as writer:
+    stream = writer.add_stream_from_template(reader.streams.video[0])
+    packets = [p for p in reader.demux(reader.streams.video[0]) if p.size]
+    display = {j: i for i, j in enumerate(sorted(range(len(packets)), key=lambda j: packets[j].pts))}
+    for j, packet in enumerate(packets):
+      packet.stream, packet.time_base = stream, Fraction(1, 1000)
+      packet.pts, packet.dts, packet.duration = presentation_ms(display[j]) + 40, 20 * j, 20
+      writer.mux(packet)
+  return path
+
+
+def test_repeated_timestamps_turn_skipping_off(tmp_path, monkeypatch):
+  # 50 fps with one B-frame per P-frame, remuxed so that each B-frame shares its time with the
+  # P-frame before it: decoding everything stores the B-frame (it comes out later on that slot);
+  # a skipped B-frame would leave the P-frame there. Skipping stops at the first repeated time.
+  calls = _spy_on_skips(monkeypatch)
+  frames = [np.full((48, 64, 3), 16 + 9 * i, np.uint8) for i in range(23)]
+  source = str(tmp_path / "source.mp4")
+  with av.open(source, "w") as container:
+    stream = container.add_stream("libx264", rate=50)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    stream.options = {"crf": "10", "preset": "medium", "bf": "1",
+                      "x264-params": "b-adapt=0:scenecut=0:keyint=300"}
+    for rgb in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  path = _remux_to_mkv(source, str(tmp_path / "repeated.mkv"),
+                       lambda i: 10 * i if i < 2 else 40 * (i // 2) + 20)
+  for threads in (1, 0):
+    skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads)
+    everything = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads,
+                              skip_dropped=False)
+    assert skipping.jpegs == everything.jpegs and len(everything.jpegs) == 13
+    assert skipping.source_frames == everything.source_frames == 23
+  assert all(not kept for _, kept in calls)  # skipped before the repeat: decoded again
+
+
+def test_interlaced_h264_is_not_skipped(tmp_path, monkeypatch):
+  # Interlaced H.264 may carry a frame's fields in two packets; nothing is skipped in it.
+  calls = _spy_on_skips(monkeypatch)
+  path = _write_moving_texture(str(tmp_path / "interlaced.mp4"), "libx264",
+                               dict(_B_FRAMES, flags="+ildct+ilme"))
+  skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90)
+  assert skipping.jpegs == decode_video(path, fps=25, short_side=0, jpeg_quality=90,
+                                        skip_dropped=False).jpegs
+  assert calls == [] and len(skipping.jpegs) == 17
