@@ -270,15 +270,19 @@ def _spy_on_skips(monkeypatch) -> list:
   return calls
 
 
+def _decoded_both_ways(path, **kwargs):
+  """(decode_video of `path` at 25 fps skipping dropped frames, the same decoding every frame)."""
+  return tuple(decode_video(path, fps=25, short_side=0, jpeg_quality=90, skip_dropped=skip,
+                            **kwargs) for skip in (True, False))
+
+
 def test_frames_dropped_by_the_grid_are_skipped_and_change_nothing(tmp_path, monkeypatch):
   # 60 fps with B-frames at 25 fps: 23 of 40 frames are dropped; the non-reference ones among
   # them are never decoded, and the JPEGs are those of decoding every frame.
   calls = _spy_on_skips(monkeypatch)
   path = _write_moving_texture(str(tmp_path / "clip.mp4"), "libx264", _B_FRAMES)
   for threads in (1, 0):
-    skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads)
-    everything = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads,
-                              skip_dropped=False)
+    skipping, everything = _decoded_both_ways(path, threads=threads)
     assert skipping.jpegs == everything.jpegs and len(everything.jpegs) == 17
     assert skipping.source_frames == everything.source_frames == 40
   assert [kept for _, kept in calls] == [True, True] and all(n >= 5 for n, _ in calls)
@@ -292,9 +296,7 @@ def test_skipping_on_variable_timestamps_decodes_again_when_it_must(tmp_path, mo
   for gap in range(10, 22):
     times = [i / 60 + (0.13 if i >= gap else 0) for i in range(40)]
     path = _write_moving_texture(str(tmp_path / f"gap{gap}.mp4"), "libx264", _B_FRAMES, times)
-    skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=1)
-    everything = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=1,
-                              skip_dropped=False)
+    skipping, everything = _decoded_both_ways(path, threads=1)
     assert skipping.jpegs == everything.jpegs, gap
   outcomes = {kept for _, kept in calls}
   assert len(calls) == 12 and outcomes == {True, False}, calls
@@ -334,9 +336,7 @@ def test_repeated_timestamps_turn_skipping_off(tmp_path, monkeypatch):
   path = _remux_to_mkv(source, str(tmp_path / "repeated.mkv"),
                        lambda i: 10 * i if i < 2 else 40 * (i // 2) + 20)
   for threads in (1, 0):
-    skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads)
-    everything = decode_video(path, fps=25, short_side=0, jpeg_quality=90, threads=threads,
-                              skip_dropped=False)
+    skipping, everything = _decoded_both_ways(path, threads=threads)
     assert skipping.jpegs == everything.jpegs and len(everything.jpegs) == 13
     assert skipping.source_frames == everything.source_frames == 23
   assert all(not kept for _, kept in calls)  # skipped before the repeat: decoded again
@@ -347,7 +347,6 @@ def test_interlaced_h264_is_not_skipped(tmp_path, monkeypatch):
   calls = _spy_on_skips(monkeypatch)
   path = _write_moving_texture(str(tmp_path / "interlaced.mp4"), "libx264",
                                dict(_B_FRAMES, flags="+ildct+ilme"))
-  skipping = decode_video(path, fps=25, short_side=0, jpeg_quality=90)
-  assert skipping.jpegs == decode_video(path, fps=25, short_side=0, jpeg_quality=90,
-                                        skip_dropped=False).jpegs
+  skipping, everything = _decoded_both_ways(path)
+  assert skipping.jpegs == everything.jpegs
   assert calls == [] and len(skipping.jpegs) == 17
