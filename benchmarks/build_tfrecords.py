@@ -1,6 +1,6 @@
 r"""Throughput of the dataset builder against a DMVR-style ffmpeg command-line baseline.
 
-  python benchmarks/build_tfrecords.py [--videos=mix|h264] [--repeats=3] [--breakdown]
+  python benchmarks/build_tfrecords.py [--videos=mix|h264] [--repeats=3] [--breakdown] [--copies=N]
 
 Every side turns the same videos into SequenceExample TFRecords of JPEG frames at 25 fps with
 short side 256, using the same cores, in one run:
@@ -26,7 +26,8 @@ The ffmpeg binary is the one on PATH, else the static build that imageio-ffmpeg 
 runs `--repeats` times, alternating; the best time of each counts. Our time includes starting the
 worker pool (~0.5 s). Last line: `ratio <local/ffmpeg_cli>` (throughput ratio, > 1: ours is faster).
 `--breakdown` first times each video alone, in CPU seconds: the ffmpeg command line against our
-decode, scaling, JPEG encoding and serialisation.
+decode, scaling, JPEG encoding and serialisation. `--copies=N` lists every video N times (a build
+N times longer, over which each side's start-up spreads as over a real dataset's).
 """
 
 import concurrent.futures
@@ -57,6 +58,9 @@ flags.DEFINE_integer("num_workers", None, "Processes per side (default: all core
 flags.DEFINE_list("sides", ["ffmpeg_cli", "local", "beam_direct"],
                   "Sides to run; the first is the baseline.")
 flags.DEFINE_bool("breakdown", False, "First time each video alone, per stage (CPU seconds).")
+flags.DEFINE_integer("copies", 1, "List every video this many times (symbolic links under other "
+                     "names): a longer build, over which each side's start-up costs spread as "
+                     "over a real dataset's.", lower_bound=1)
 flags.DEFINE_string("cache_dir", None, "Where generated videos are kept (default: the temp dir).")
 flags.DEFINE_list("other_checkouts", [], "Also run the builder of these checkouts of the "
                   "repository (sides `at:<folder name>`), e.g. main's, for a before/after in one "
@@ -111,6 +115,17 @@ MIX = (
     Source("mjpeg_480p.avi", ("-c:v", "mjpeg", "-q:v", "5"), 640, 480, "15", 6, "yuvj420p"),
     Source("theora_360p.ogv", ("-c:v", "libtheora", "-q:v", "6"), 480, 360, "25", 8),
 )
+
+
+def link_copies(paths: list, copies: int, folder: str) -> list:
+  """`paths` listed `copies` times, as symbolic links named copy<k>_<name> in `folder`."""
+  os.makedirs(folder)
+  linked = []
+  for k in range(copies):
+    for path in paths:
+      linked.append(os.path.join(folder, f"copy{k}_{os.path.basename(path)}"))
+      os.symlink(path, linked[-1])
+  return linked
 
 
 def ffmpeg_binary() -> str:
@@ -420,6 +435,9 @@ def main(argv):
         paths.append(os.path.join(work, f"clip{i:03d}.mp4"))
         make_clip(paths[-1], i, FLAGS.seconds)
       print(f"{len(paths)} clips of {FLAGS.seconds} s, {WIDTH}x{HEIGHT} H.264 at {SOURCE_FPS} fps")
+    if FLAGS.copies > 1:
+      paths = link_copies(paths, FLAGS.copies, os.path.join(work, "copies"))
+      print(f"each listed {FLAGS.copies} times: {len(paths)} videos")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine.cpu_description()}; "
           f"load {os.getloadavg()[0]:.1f}; {num_workers} worker(s); ffmpeg {ffmpeg}", flush=True)
     if FLAGS.breakdown:
