@@ -30,17 +30,14 @@ NAMESPACE = "cvrl_build"
 
 def _check_in_memory_paths(entries: Sequence[VideoEntry], output_dir: str, num_decoders: int,
                            options: PipelineOptions) -> None:
-  in_memory = [p for p in [output_dir] + [e.path for e in entries if e.path]
-               if p.startswith("ram://")]
-  if not in_memory:
-    return
-  if not beam_options.runs_in_this_process(options):
+  in_memory = next((p for p in [output_dir] + [e.path for e in entries if e.path]
+                    if p.startswith("ram://")), None)
+  if in_memory and not beam_options.runs_in_this_process(options):
     raise builder.BuildError(
-        f"{in_memory[0]} is on ram://, which lives in this process only: Beam's worker processes "
+        f"{in_memory} is on ram://, which lives in this process only: Beam's worker processes "
         "cannot reach it; pass --beam_pipeline_options=\"--direct_running_mode=in_memory\"")
-  if num_decoders and any(e.path and e.path.startswith("ram://") for e in entries):
-    raise builder.BuildError(f"{in_memory[0]} is on ram://: decoding processes cannot read it; "
-                             "pass --num_workers=0 to decode in the Beam worker")
+  # Then, as for the local runner: ram:// videos are decoded in this process (--num_workers=0).
+  builder.check_workers(entries, num_decoders)
 
 
 class BuildShard(beam.DoFn):
@@ -129,9 +126,6 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
   Raises:
     BuildError as builder.build does, before the pipeline starts.
   """
-  if num_decoders < 0:
-    raise builder.BuildError(f"--num_workers must be >= 0 (decoding processes per Beam worker; "
-                             f"0: in the Beam worker), got {num_decoders}")
   _check_in_memory_paths(entries, output_dir, num_decoders, options)
   plan = builder.prepare(entries, output_dir, settings, num_shards=num_shards,
                          label_map=label_map, overwrite=overwrite)

@@ -364,13 +364,14 @@ class Decoder:
     return self._pool.schedule(self._task, args=(path,), kwargs=kwargs, timeout=self._timeout)
 
   def _futures_in_order(self, entries: Sequence[VideoEntry], on_done):
-    """Yields (index, None) for each entry without a known problem, in the order of `entries`,
-    once its video is decoded; submits from the window [index, index + look-ahead), the awaited
-    video first, then the costliest.
+    """Yields once for each entry without a known problem, in the order of `entries`, when its
+    video is decoded; submits from the window [index, index + look-ahead), the awaited video
+    first, then the costliest.
 
     Each finished future goes to `on_done(index, future)` (in the order they finish, whenever
     this process looks: while it waits for the awaited video) and is dropped here, so that a
-    result is held once. In this process (no pool) the yield is (index, a future to resolve).
+    result is held once; the yield is then None. In this process (no pool) it is a future to
+    resolve.
     """
     futures, costs, handed = {}, {}, set()
     left = sum(entry.problem is None for entry in entries)  # not submitted yet
@@ -385,7 +386,7 @@ class Decoder:
         continue
       if self._pool is None:  # in this process: decoded when its result is asked for
         left -= 1
-        yield i, self._submit(entry.path, left)
+        yield self._submit(entry.path, left)
         continue
       while i not in handed:
         window = [j for j in range(i, min(i + self._lookahead, len(entries)))
@@ -408,7 +409,7 @@ class Decoder:
       hand_over_finished()  # what finished before `i` did, seen late, goes first
       costs.pop(i, None)
       handed.discard(i)
-      yield i, None
+      yield None
 
   def _outcome(self, entry: VideoEntry, future):
     """The DecodedVideo of a finished future, or the VideoDecodeError that says why not."""
@@ -445,7 +446,7 @@ class Decoder:
       if entry.problem is not None:
         yield entry, prepare(entry, VideoDecodeError(entry.problem, entry.detail))
         continue
-      _, in_process = next(futures)
+      in_process = next(futures)
       if in_process is not None:
         yield entry, prepare(entry, self._outcome(entry, in_process))
         continue
@@ -602,7 +603,8 @@ class BuildPlan:
     return {label: i for i, label in enumerate(self.labels)}
 
 
-def _check_workers(entries: Sequence[VideoEntry], num_workers: int) -> None:
+def check_workers(entries: Sequence[VideoEntry], num_workers: int) -> None:
+  """Raises BuildError for a negative --num_workers, or ram:// videos with decoding processes."""
   if num_workers < 0:
     raise BuildError(f"--num_workers must be >= 0 (0: decode in this process), got {num_workers}")
   in_memory = next((e.path for e in entries if e.path and e.path.startswith("ram://")), None)
@@ -673,7 +675,8 @@ def finish(output_dir: str, settings: BuildSettings, plan: BuildPlan, *, entries
 
 def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
           num_shards: Optional[int], num_workers: int, timeout_s: Optional[float],
-          label_map: Optional[Sequence[str]], overwrite: bool, progress: bool = True) -> BuildReport:
+          label_map: Optional[Sequence[str]], overwrite: bool,
+          progress: bool = True) -> BuildReport:
   """Builds (or resumes) the shards of every split in `entries` under `output_dir`.
 
   Args:
@@ -689,7 +692,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   Raises:
     BuildError naming the problem with the inputs or with what `output_dir` already holds.
   """
-  _check_workers(entries, num_workers)
+  check_workers(entries, num_workers)
   plan = prepare(entries, output_dir, settings, num_shards=num_shards, label_map=label_map,
                  overwrite=overwrite)
   states = {s.name: shard_state(output_dir, s) for s in plan.shards}  # name -> (state, inputs)
@@ -731,7 +734,7 @@ def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_worke
             timeout_s: Optional[float], sample_size: int = 8) -> dict:
   """Decodes an evenly spread sample and extrapolates size and time; writes nothing."""
   settings.validate()
-  _check_workers(entries, num_workers)
+  check_workers(entries, num_workers)
   candidates = sorted((e for e in entries if e.problem is None), key=lambda e: (e.split, e.key))
   step = max(1, len(candidates) // max(1, sample_size))
   sample = candidates[::step][:sample_size]

@@ -239,8 +239,8 @@ def skips_kept_the_grid(shown: Sequence[int], skipped: Collection[int], kept: Co
   (it would have been replaced there). The decoder must also have kept to presentation order and
   returned every frame that was not skipped, as it does without skipping.
 
-  Presentation order is taken from the timestamps: H.264 puts frames out in their own order (picture
-  order counts), which a file's timestamps follow unless its muxer broke them. A file whose
+  Presentation order is taken from the timestamps: H.264 puts frames out in their own order
+  (picture order counts), which a file's timestamps follow unless its muxer broke them. A file whose
   decoded frames come out with timestamps out of order fails here; one where only skipped frames
   carry wrong timestamps cannot be told apart (the skipped frames are never seen).
   """
@@ -373,9 +373,9 @@ def _decode_on_grid(path: str, fps: float, short_side: int, jpeg_quality: int, t
     if (partial_error is not None or unchecked or
         not skips_kept_the_grid(shown, skipped, kept, first, per_tick)):
       return None
-    # The last frame's duration as decoding every frame would measure it.
-    everything = sorted(set(shown) | skipped)
-    last_step = everything[-1] - everything[-2]
+    # The last frame's duration as decoding every frame would measure it: from the frame before
+    # it, decoded or skipped (the last one was decoded: skips_kept_the_grid).
+    last_step = last - max(max(skipped), *shown[-2:-1])
   if pending_frame is None:
     detail = partial_error or "the video stream holds no decodable frame"
     raise VideoDecodeError("no_frames", f"{path}: {detail}")

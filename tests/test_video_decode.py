@@ -308,7 +308,8 @@ def _remux_to_mkv(source, path, presentation_ms):
   with av.open(source) as reader, av.open(path, "w") as writer:
     stream = writer.add_stream_from_template(reader.streams.video[0])
     packets = [p for p in reader.demux(reader.streams.video[0]) if p.size]
-    display = {j: i for i, j in enumerate(sorted(range(len(packets)), key=lambda j: packets[j].pts))}
+    in_display_order = sorted(range(len(packets)), key=lambda j: packets[j].pts)
+    display = {j: i for i, j in enumerate(in_display_order)}
     for j, packet in enumerate(packets):
       packet.stream, packet.time_base = stream, Fraction(1, 1000)
       packet.pts, packet.dts, packet.duration = presentation_ms(display[j]) + 40, 20 * j, 20
