@@ -12,6 +12,7 @@ Offline by default: beam_options.py pins the FnApiRunner unless the user names a
 Apache Beam is an optional dependency (`pip install -e '.[beam]'`): only this module imports it.
 """
 
+import logging
 import time
 from typing import Dict, Optional, Sequence
 
@@ -26,6 +27,7 @@ from dataset_tools.annotations import VideoEntry
 from dataset_tools.video_decode import VideoDecodeError
 
 NAMESPACE = "cvrl_build"
+_log = logging.getLogger(__name__)
 
 
 def _check_in_memory_paths(entries: Sequence[VideoEntry], output_dir: str, num_decoders: int,
@@ -79,6 +81,12 @@ class BuildShard(beam.DoFn):
     if state == builder.COMPLETE:
       Metrics.counter(NAMESPACE, "shards_skipped").inc()
       return
+    if state == builder.CHANGED:
+      # The driver only gets a count (Beam's string-set metric dropped names in a test here):
+      # the names are in the workers' logs (the console on this machine, Cloud Logging on
+      # Dataflow).
+      _log.warning("%s: its videos changed since it was written (paths, sizes or "
+                   "modification times); rebuilding it", shard.name)
     records = self._decoder.decode_in_order(
         shard.entries, builder.record_maker(self._settings, self._label_index))
     summary = builder.write_shard(self._output_dir, shard, records, inputs,

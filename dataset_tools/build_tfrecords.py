@@ -183,6 +183,11 @@ def _print_dry_run(estimate: dict, num_workers: int) -> None:
   print(f"estimated time          {hours:.2f} h with {workers}")
 
 
+def _listed(names, limit: int = 10) -> str:
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
 def _print_summary(report, output_dir: str) -> None:
   header = f"{'split':<12}{'videos':>9}{'failed':>9}{'partial':>9}{'frames':>12}{'size':>11}{'shards':>8}"
   print(header)
@@ -198,8 +203,10 @@ def _print_summary(report, output_dir: str) -> None:
   if report.skipped_shards:
     print(f"resumed: {report.skipped_shards} shard(s) were already complete")
   if report.rebuilt_shards:
+    # Beam's driver knows how many, its workers' log which.
+    which = _listed(report.rebuilt_names) if report.rebuilt_names else "named in the workers' log"
     print(f"rebuilt: {report.rebuilt_shards} shard(s) whose videos changed since they were "
-          "written (paths, sizes or modification times)")
+          f"written (paths, sizes or modification times): {which}")
   if report.videos_decoded:
     print(f"decoded {report.videos_decoded} videos in {report.seconds:.1f} s "
           f"({report.videos_decoded / max(report.seconds, 1e-9):.1f} videos/s)")

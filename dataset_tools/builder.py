@@ -581,6 +581,8 @@ class BuildReport:
   seconds: float
   skipped_shards: int          # complete and unchanged: not rewritten
   rebuilt_shards: int = 0      # complete but written from videos that changed since
+  # Their names where the runner knows them (the local runner); Beam's workers log theirs.
+  rebuilt_names: List[str] = dataclasses.field(default_factory=list)
   counters: Dict[str, int] = dataclasses.field(default_factory=dict)  # the Beam pipeline's
 
   @property
@@ -656,7 +658,7 @@ def prepare(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetti
 
 def finish(output_dir: str, settings: BuildSettings, plan: BuildPlan, *, entries_this_run: int,
            videos_decoded: int, seconds: float, skipped_shards: int,
-           rebuilt_shards: int) -> BuildReport:
+           rebuilt_shards: int, rebuilt_names: Sequence[str] = ()) -> BuildReport:
   """Writes dataset_info.json and failures.csv from every complete shard's summary."""
   summaries = _load_summaries(output_dir)
   _write_json(storage.join(output_dir, schema.DATASET_INFO_FILE),
@@ -670,7 +672,8 @@ def finish(output_dir: str, settings: BuildSettings, plan: BuildPlan, *, entries
       videos_decoded=videos_decoded,
       seconds=seconds,
       skipped_shards=skipped_shards,
-      rebuilt_shards=rebuilt_shards)
+      rebuilt_shards=rebuilt_shards,
+      rebuilt_names=list(rebuilt_names))
 
 
 def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
@@ -727,7 +730,8 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
       bar.close()
   return finish(output_dir, settings, plan, entries_this_run=len(entries),
                 videos_decoded=decoded, seconds=time.monotonic() - start,
-                skipped_shards=len(plan.shards) - len(todo), rebuilt_shards=len(rebuilt))
+                skipped_shards=len(plan.shards) - len(todo), rebuilt_shards=len(rebuilt),
+                rebuilt_names=rebuilt)
 
 
 def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_workers: int,

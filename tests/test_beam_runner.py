@@ -8,6 +8,7 @@ only. A multi-processing pipeline costs ~8 s per worker process here (each impor
 """
 
 import dataclasses
+import logging
 import os
 import pathlib
 import subprocess
@@ -126,7 +127,7 @@ def test_two_workers_give_the_local_bytes_and_counters(inputs, tmp_path):
   assert (report.failures_this_run, report.entries_this_run, report.videos_decoded) == (6, 25, 25)
 
 
-def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path):
+def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path, caplog):
   csvs, videos = _kinetics(str(tmp_path / "data"), per_label=1, frames=4)
   out = tmp_path / "out"
   _local(_entries(csvs, videos), out, None)
@@ -134,11 +135,15 @@ def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path):
   changed = next(pathlib.Path(videos, "train").glob("v*.mp4"))
   write_video(str(changed), [coded_frame(j) for j in range(7)])   # 7 frames instead of 4
 
-  report = _beam(_entries(csvs, videos), out, IN_MEMORY, None)
-  assert (report.rebuilt_shards, report.skipped_shards) == (1, 3)
+  with caplog.at_level(logging.WARNING):
+    report = _beam(_entries(csvs, videos), out, IN_MEMORY, None)
+  assert (report.rebuilt_shards, report.skipped_shards, report.rebuilt_names) == (1, 3, [])
   after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("*.tfrecord")}
   rewritten = [name for name in before if after[name] != before[name]]
   assert len(rewritten) == 1 and rewritten[0].startswith("train-")
+  # The worker (this process, in_memory) names the shard in its log.
+  assert [r.getMessage().split(":")[0] for r in caplog.records
+          if "changed since it was written" in r.getMessage()] == rewritten
   assert report.summaries["train"][0].frames + report.summaries["train"][1].frames == 3 * 4 + 3
   _local(_entries(csvs, videos), tmp_path / "fresh", None)
   assert _tree_bytes(str(out)) == _tree_bytes(str(tmp_path / "fresh"))
@@ -151,6 +156,7 @@ def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path):
             if changed.stem in [e.key for e in s.entries]]
   assert (report.rebuilt_shards, report.skipped_shards, report.videos_decoded) == (
       1, 3, len(shard.entries))
+  assert report.rebuilt_names == [shard.name]
 
 
 def test_ram_inputs_and_outputs_leave_nothing_on_local_disk(tmp_path, monkeypatch):
