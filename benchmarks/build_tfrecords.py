@@ -25,7 +25,7 @@ pattern: motion and texture cost a codec what real footage does (flat colour wou
 
 The ffmpeg binary is the one on PATH, else the static build that imageio-ffmpeg ships. Each side
 runs `--repeats` times, alternating; the best time of each counts. Our time includes starting the
-worker pool (~0.35 CPU s; the first decode starts ~0.25 s in). Last line:
+worker pool (~0.35 CPU s; the first decode starts ~0.3 s in). Last line:
 `ratio <local/ffmpeg_cli>` (throughput ratio, > 1: ours is faster).
 `--breakdown` first times each video alone, in CPU seconds: the ffmpeg command line against our
 decode, scaling, JPEG encoding and serialisation.
@@ -33,7 +33,7 @@ decode, scaling, JPEG encoding and serialisation.
 `--copies=N` lists every video N times (symbolic links). The mix's default is 4: 72 videos, a
 ~20 s build. A dataset build is thousands of videos, so what it costs per video is what decides
 its time; the 18 videos alone make a 5 s build in which our worker pool's start-up (~0.35 CPU s,
-~0.2 s before the first decode) and the writer's fixed work weigh ~4x as much as in the 72 (the
+~0.3 s before the first decode) and the writer's fixed work weigh ~4x as much as in the 72 (the
 baseline pays per video only: one ffmpeg process each). `--copies=1` measures the 18 alone
 (RESULTS.md has both).
 """

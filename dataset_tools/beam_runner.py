@@ -129,7 +129,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
 
   Returns:
     builder.BuildReport; `videos_decoded`, `skipped_shards` and `rebuilt_shards` come from the
-    pipeline's counters.
+    pipeline's counters; `rebuilt_names` is empty (the workers log them).
 
   Raises:
     BuildError as builder.build does, before the pipeline starts.

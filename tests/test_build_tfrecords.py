@@ -355,6 +355,14 @@ def test_cli_file_list_with_escaping_paths_and_exit_status(tmp_path):
   assert lenient.returncode == 0, lenient.stderr
   assert "resumed: 1 shard(s) were already complete" in lenient.stdout
   assert "train" in lenient.stdout and "videos" in lenient.stdout
+  # A replaced video: its shard is rebuilt, and the summary names it.
+  write_video(str(root / "jump" / "v1.mkv"), [coded_frame(j) for j in range(6)])
+  rebuilt = _cli(f"--file_list={root / 'list.csv'}", f"--output_dir={out}", "--short_side=0",
+                 "--max_failure_fraction=0.5")
+  assert rebuilt.returncode == 0, rebuilt.stderr
+  assert ("rebuilt: 1 shard(s) whose videos changed since they were written (paths, sizes or "
+          "modification times): train-00000-of-00001.tfrecord\n") in rebuilt.stdout
+  assert "resumed:" not in rebuilt.stdout
 
 
 def test_cli_usage_errors_name_the_problem(tmp_path):
