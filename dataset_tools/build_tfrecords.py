@@ -203,10 +203,8 @@ def _print_summary(report, output_dir: str) -> None:
   if report.skipped_shards:
     print(f"resumed: {report.skipped_shards} shard(s) were already complete")
   if report.rebuilt_shards:
-    # Beam's driver knows how many, its workers' log which.
-    which = _listed(report.rebuilt_names) if report.rebuilt_names else "named in the workers' log"
     print(f"rebuilt: {report.rebuilt_shards} shard(s) whose videos changed since they were "
-          f"written (paths, sizes or modification times): {which}")
+          f"written (paths, sizes or modification times): {_listed(report.rebuilt_names)}")
   if report.videos_decoded:
     print(f"decoded {report.videos_decoded} videos in {report.seconds:.1f} s "
           f"({report.videos_decoded / max(report.seconds, 1e-9):.1f} videos/s)")

@@ -572,6 +572,19 @@ def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
   return by_split
 
 
+def complete_shards(output_dir: str) -> Dict[str, str]:
+  """{shard name: input_fingerprint it was written from} of every complete shard in `output_dir`
+  ("" for a shard written before fingerprints): compared after a run, the shards it rebuilt."""
+  return {s.name: s.inputs for shards in _load_summaries(output_dir).values() for s in shards}
+
+
+def rebuilt_since(before: Dict[str, str], summaries: Dict[str, List[ShardSummary]]) -> List[str]:
+  """Names of the shards that were complete in `before` (complete_shards) and were written again
+  from other videos since: a runner's rebuilt shards, found from the files alone."""
+  return sorted(s.name for shards in summaries.values() for s in shards
+                if s.name in before and before[s.name] != s.inputs)
+
+
 @dataclasses.dataclass
 class BuildReport:
   summaries: Dict[str, List[ShardSummary]]
@@ -581,8 +594,7 @@ class BuildReport:
   seconds: float
   skipped_shards: int          # complete and unchanged: not rewritten
   rebuilt_shards: int = 0      # complete but written from videos that changed since
-  # Their names where the runner knows them (the local runner); Beam's workers log theirs.
-  rebuilt_names: List[str] = dataclasses.field(default_factory=list)
+  rebuilt_names: List[str] = dataclasses.field(default_factory=list)   # those shards
   counters: Dict[str, int] = dataclasses.field(default_factory=dict)  # the Beam pipeline's
 
   @property

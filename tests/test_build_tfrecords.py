@@ -210,6 +210,15 @@ def test_label_map_is_reused_across_splits(dataset, built, tmp_path):
     _build(val_only, tmp_path / "bad", label_map=["abseiling"])
 
 
+def test_rebuilt_since_names_the_shards_written_again_from_other_videos():
+  summary = lambda name, inputs: builder.ShardSummary(name=name, split="s", inputs=inputs)
+  after = {"s": [summary("a", "x"), summary("b", "y2"), summary("c", "z"), summary("d", "w")]}
+  # a: unchanged; b: other videos; c: new (not complete before); d: written before
+  # fingerprints existed; e: not in this build's summaries.
+  before = {"a": "x", "b": "y1", "d": "", "e": "q"}
+  assert builder.rebuilt_since(before, after) == ["b", "d"]
+
+
 def test_label_map_comes_from_training_labels_only():
   entry = lambda split, label: annotations.VideoEntry(split=split, key=label, path="p",
                                                       relative_path="p", label=label)
