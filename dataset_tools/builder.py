@@ -561,14 +561,25 @@ def failures_csv(summaries: Dict[str, List[ShardSummary]]) -> str:
   return buffer.getvalue()
 
 
+def _complete_summary(output_dir: str, path: str) -> Optional[ShardSummary]:
+  """The summary at `path` if its shard is in `output_dir`, else None."""
+  name = storage.basename(path)[:-len(".json")]
+  if not storage.exists(storage.join(output_dir, name)):
+    return None
+  return ShardSummary(**storage.read_json(path))
+
+
 def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
   """Summaries of every complete shard in `output_dir`, all splits (earlier runs included)."""
+  paths = storage.glob(_state_path(output_dir, "*.tfrecord.json"))
+  # Threads, as for input_fingerprint: on gs:// each read is a round trip, and Kinetics has
+  # thousands of shards.
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    found = pool.map(lambda path: _complete_summary(output_dir, path), paths)
+    summaries = [s for s in found if s is not None]
   by_split: Dict[str, List[ShardSummary]] = {}
-  for path in storage.glob(_state_path(output_dir, "*.tfrecord.json")):
-    name = storage.basename(path)[:-len(".json")]
-    if storage.exists(storage.join(output_dir, name)):
-      summary = ShardSummary(**storage.read_json(path))
-      by_split.setdefault(summary.split, []).append(summary)
+  for summary in summaries:
+    by_split.setdefault(summary.split, []).append(summary)
   return by_split
 
 
