@@ -183,6 +183,12 @@ def _print_dry_run(estimate: dict, num_workers: int) -> None:
   print(f"estimated time          {hours:.2f} h with {workers}")
 
 
+# The local runner's one process writes every shard: busier than this, it set the build's pace
+# (a large machine; BUILD.md "Disk and time"). Not said of a build too small to have a pace.
+WRITER_BOUND = 0.9
+WRITER_HINT_MIN_VIDEOS = 50
+
+
 def _listed(names, limit: int = 10) -> str:
   more = f" and {len(names) - limit} more" if len(names) > limit else ""
   return ", ".join(names[:limit]) + more
@@ -208,6 +214,11 @@ def _print_summary(report, output_dir: str) -> None:
   if report.videos_decoded:
     print(f"decoded {report.videos_decoded} videos in {report.seconds:.1f} s "
           f"({report.videos_decoded / max(report.seconds, 1e-9):.1f} videos/s)")
+  if (report.writer_busy is not None and report.writer_busy > WRITER_BOUND and
+      report.videos_decoded >= WRITER_HINT_MIN_VIDEOS):
+    print(f"the writer was busy {report.writer_busy:.0%} of the time: it set the pace, not the "
+          "decoding workers (more of them would not help); --runner=beam writes shards in "
+          "parallel (BUILD.md)")
   print(f"outputs in {output_dir}; failures listed in {output_dir.rstrip('/')}/failures.csv")
 
 

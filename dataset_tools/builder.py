@@ -345,11 +345,24 @@ class Decoder:
     # the look-ahead bounds the finished results held here until their turn.
     self._in_flight = 2 * num_workers
     self._lookahead = max(1, 8 * num_workers)
+    # From the first decoded video on: when it came, and how long this process then waited for
+    # the next one (writer_busy).
+    self._first_result_at: Optional[float] = None
+    self._waited_s = 0.0
 
   def close(self) -> None:
     if self._pool is not None:
       self._pool.stop()
       self._pool.join()
+
+  def writer_busy(self) -> Optional[float]:
+    """The fraction of the time since the first video was decoded that this process spent on
+    anything but waiting for the next decode (serialising and writing): near 1, it, not the
+    workers, set the pace. None before a result, or without worker processes."""
+    if self._pool is None or self._first_result_at is None:
+      return None
+    elapsed = time.monotonic() - self._first_result_at
+    return 1.0 - self._waited_s / elapsed if elapsed > 0 else None
 
   def _threads_for(self, left_after: int) -> int:
     """FFmpeg threads for a video submitted with `left_after` videos still to submit."""
@@ -378,6 +391,8 @@ class Decoder:
 
     def hand_over_finished():
       for j in [j for j, future in futures.items() if future.done()]:
+        if self._first_result_at is None:
+          self._first_result_at = time.monotonic()
         handed.add(j)
         on_done(j, futures.pop(j))
 
@@ -405,7 +420,10 @@ class Decoder:
           busy.append(futures[j])
         hand_over_finished()
         if i not in handed:
+          waiting_since = time.monotonic()
           concurrent.futures.wait(busy, return_when=concurrent.futures.FIRST_COMPLETED)
+          if self._first_result_at is not None:
+            self._waited_s += time.monotonic() - waiting_since
       hand_over_finished()  # what finished before `i` did, seen late, goes first
       costs.pop(i, None)
       handed.discard(i)
@@ -606,6 +624,8 @@ class BuildReport:
   skipped_shards: int          # complete and unchanged: not rewritten
   rebuilt_shards: int = 0      # complete but written from videos that changed since
   rebuilt_names: List[str] = dataclasses.field(default_factory=list)   # those shards
+  # Decoder.writer_busy at the end of the local runner's decoding (None: Beam, no workers).
+  writer_busy: Optional[float] = None
   counters: Dict[str, int] = dataclasses.field(default_factory=dict)  # the Beam pipeline's
 
   @property
@@ -727,6 +747,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
   label_index = plan.label_index
   start = time.monotonic()
   decoded = 0
+  writer_busy = None
   if todo:
     # In a log file (CI, nohup) a bar redrawn ten times a second is noise: redraw every 15 s.
     interactive = sys.stderr.isatty()
@@ -748,13 +769,16 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
       for shard in todo:
         shard_results = (next(results) for _ in shard.entries)
         write_shard(output_dir, shard, shard_results, states[shard.name][1], on_video)
+      writer_busy = decoder.writer_busy()
     finally:
       decoder.close()
       bar.close()
-  return finish(output_dir, settings, plan, entries_this_run=len(entries),
-                videos_decoded=decoded, seconds=time.monotonic() - start,
-                skipped_shards=len(plan.shards) - len(todo), rebuilt_shards=len(rebuilt),
-                rebuilt_names=rebuilt)
+  report = finish(output_dir, settings, plan, entries_this_run=len(entries),
+                  videos_decoded=decoded, seconds=time.monotonic() - start,
+                  skipped_shards=len(plan.shards) - len(todo), rebuilt_shards=len(rebuilt),
+                  rebuilt_names=rebuilt)
+  report.writer_busy = writer_busy
+  return report
 
 
 def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_workers: int,

@@ -338,6 +338,35 @@ def test_costliest_videos_start_first_and_results_keep_their_order(tmp_path, mon
   assert _tree_bytes(str(tmp_path / "workers")) == _tree_bytes(str(tmp_path / "in_process"))
 
 
+def test_writer_busy_tells_who_set_the_pace(tmp_path):
+  entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=str(tmp_path / f"v{i}.mp4"),
+                                    relative_path=f"v{i}.mp4", label="a") for i in range(8)]
+
+  def busy(task, num_workers, prepare_s):
+    def prepare(entry, result):
+      time.sleep(prepare_s)
+      return result
+    decoder = builder.Decoder(builder.BuildSettings(), num_workers=num_workers, timeout_s=60,
+                              task=task)
+    try:
+      assert decoder.writer_busy() is None   # nothing decoded yet
+      keys = [entry.key for entry, _ in decoder.decode_in_order(entries, prepare)]
+      assert keys == [e.key for e in entries]
+      return decoder.writer_busy()
+    finally:
+      decoder.close()
+
+  # Decodes that take no time and a writer that takes 0.1 s a video: the writer sets the pace.
+  assert busy(worker_tasks.record_start, 2, 0.1) > 0.8
+  # One worker taking 0.2 s a video and a writer that takes none: it waits most of the time.
+  assert busy(worker_tasks.nap, 1, 0.0) < 0.3
+  # In this process there is nothing to wait for.
+  in_process = builder.Decoder(builder.BuildSettings(), num_workers=0, timeout_s=None,
+                               task=worker_tasks.nap)
+  assert [e.key for e, _ in in_process.decode_in_order(entries[:1])] == ["k0"]
+  assert in_process.writer_busy() is None
+
+
 def _cli(*args, **kwargs):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,

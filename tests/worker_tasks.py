@@ -22,6 +22,13 @@ def crash(path, **kwargs):
   os._exit(11)
 
 
+def nap(path, **kwargs):
+  """A decode that takes 0.2 s and returns the file name: workers that set a build's pace."""
+  del kwargs
+  time.sleep(0.2)
+  return os.path.basename(path)
+
+
 def record_start(path, **kwargs):
   """Appends the video's file name and its FFmpeg thread count to `start_order.txt` beside it,
   then returns the name: the order in which workers start videos, and how they decode them."""
