@@ -83,7 +83,7 @@ class BuildShard(beam.DoFn):
       return
     if state == builder.CHANGED:
       # As it happens (the console here, Cloud Logging on Dataflow); the driver's summary names
-      # them too, from the shards' summaries (builder.rebuilt_since).
+      # them too, from the shards' summaries (builder.shard_outcomes).
       _log.warning("%s: its videos changed since it was written (paths, sizes or "
                    "modification times); rebuilding it", shard.name)
     records = self._decoder.decode_in_order(
@@ -127,10 +127,10 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
     The others as in builder.build.
 
   Returns:
-    builder.BuildReport; `videos_decoded`, `skipped_shards` and `rebuilt_shards` come from the
-    pipeline's counters, `rebuilt_names` from the shards' summaries before and after the run
-    (Beam 2.77's string-set metric, the way to collect names from workers, kept 2 of 3 names in
-    a check here).
+    builder.BuildReport; `videos_decoded` comes from the pipeline's counters (all of them are in
+    `counters`), the skipped and rebuilt shards from the shards' summaries before and after the
+    run (builder.shard_outcomes: Beam 2.77's string-set metric, the way to collect names from
+    workers, kept 2 of 3 names in a check here).
 
   Raises:
     BuildError as builder.build does, before the pipeline starts.
@@ -150,11 +150,11 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
   result = pipeline.run()
   result.wait_until_finish()
   totals = counters(result)
+  skipped, rebuilt = builder.shard_outcomes(before, builder.complete_shards(output_dir),
+                                            [s.name for s in plan.shards])
   report = builder.finish(output_dir, settings, plan, entries_this_run=len(entries),
                           videos_decoded=totals.get("videos_processed", 0),
-                          seconds=time.monotonic() - start,
-                          skipped_shards=totals.get("shards_skipped", 0),
-                          rebuilt_shards=totals.get("shards_rebuilt", 0))
-  report.rebuilt_names = builder.rebuilt_since(before, report.summaries)
+                          seconds=time.monotonic() - start, skipped_shards=skipped,
+                          rebuilt_shards=len(rebuilt), rebuilt_names=rebuilt)
   report.counters = totals
   return report

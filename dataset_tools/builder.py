@@ -7,8 +7,8 @@
    `timeout_s`), or in this process when `num_workers` is 0 (no timeout then: nothing can stop a
    stuck decode; the way to read `ram://` videos, which exist in this process only). Results are
    consumed in plan order, so the bytes are the same whatever finishes first.
-3) Write: each shard goes to a hidden temporary file and is renamed when complete, after its
-   summary (counts, failures, a fingerprint of its videos) was saved under `.build_state/`. A
+3) Write: each shard goes to a hidden temporary file and is renamed when complete; then its
+   summary (counts, failures, a fingerprint of its videos) is saved under `.build_state/`. A
    re-run skips every shard whose file and summary exist and whose videos are unchanged (same
    paths, sizes, modification times), rebuilds the shards whose videos changed, and says so; a
    killed run leaves at worst a temporary file, rebuilt next time.
@@ -25,6 +25,7 @@ shard appears complete or not at all).
 import concurrent.futures
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -345,8 +346,8 @@ class Decoder:
     # the look-ahead bounds the finished results held here until their turn.
     self._in_flight = 2 * num_workers
     self._lookahead = max(1, 8 * num_workers)
-    # From the first decoded video on: when it came, and how long this process then waited for
-    # the next one (writer_busy).
+    # Of the latest decode_in_order, from its first decoded video on: when that came, and how
+    # long this process then waited for the next one (writer_busy).
     self._first_result_at: Optional[float] = None
     self._waited_s = 0.0
 
@@ -356,9 +357,10 @@ class Decoder:
       self._pool.join()
 
   def writer_busy(self) -> Optional[float]:
-    """The fraction of the time since the first video was decoded that this process spent on
-    anything but waiting for the next decode (serialising and writing): near 1, it, not the
-    workers, set the pace. None before a result, or without worker processes."""
+    """The fraction of the time since the latest decode_in_order's first decoded video that this
+    process spent on anything but waiting for the next decode (serialising and writing): near
+    1, it, not the workers, set the pace. Wall-clock time: on a crowded machine it includes
+    waiting for a core. None before a result, or without worker processes."""
     if self._pool is None or self._first_result_at is None:
       return None
     elapsed = time.monotonic() - self._first_result_at
@@ -388,6 +390,7 @@ class Decoder:
     """
     futures, costs, handed = {}, {}, set()
     left = sum(entry.problem is None for entry in entries)  # not submitted yet
+    self._first_result_at, self._waited_s = None, 0.0
 
     def hand_over_finished():
       for j in [j for j, future in futures.items() if future.done()]:
@@ -534,8 +537,11 @@ def write_shard(output_dir: str, shard: ShardPlan, results, inputs: str,
       if on_video:
         on_video(result)
   summary.bytes = storage.size(tmp_path)
-  _write_json(_state_path(output_dir, shard.name + ".json"), dataclasses.asdict(summary))
+  # The shard, then its summary: a run killed in between leaves the new shard beside the old
+  # summary (or none), which reads as changed (or missing) and is rebuilt. The other order
+  # could leave the old shard beside the new fingerprint, complete for good.
   storage.rename(tmp_path, storage.join(output_dir, shard.name), overwrite=True)
+  _write_json(_state_path(output_dir, shard.name + ".json"), dataclasses.asdict(summary))
   return summary
 
 
@@ -593,7 +599,7 @@ def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
   # Threads, as for input_fingerprint: on gs:// each read is a round trip, and Kinetics has
   # thousands of shards.
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    found = pool.map(lambda path: _complete_summary(output_dir, path), paths)
+    found = pool.map(functools.partial(_complete_summary, output_dir), paths)
     summaries = [s for s in found if s is not None]
   by_split: Dict[str, List[ShardSummary]] = {}
   for summary in summaries:
@@ -603,15 +609,20 @@ def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
 
 def complete_shards(output_dir: str) -> Dict[str, str]:
   """{shard name: input_fingerprint it was written from} of every complete shard in `output_dir`
-  ("" for a shard written before fingerprints): compared after a run, the shards it rebuilt."""
+  ("" for a shard written before fingerprints)."""
   return {s.name: s.inputs for shards in _load_summaries(output_dir).values() for s in shards}
 
 
-def rebuilt_since(before: Dict[str, str], summaries: Dict[str, List[ShardSummary]]) -> List[str]:
-  """Names of the shards that were complete in `before` (complete_shards) and were written again
-  from other videos since: a runner's rebuilt shards, found from the files alone."""
-  return sorted(s.name for shards in summaries.values() for s in shards
-                if s.name in before and before[s.name] != s.inputs)
+def shard_outcomes(before: Dict[str, str], after: Dict[str, str],
+                   names: Sequence[str]) -> Tuple[int, List[str]]:
+  """(skipped, rebuilt names) among the shards `names`, from complete_shards before and after a
+  run: skipped were complete and kept their videos, rebuilt were complete and were written
+  again from other ones. Taken from the files, not from a runner's counters: Beam counts the
+  work of a retried shard once it succeeds, and a retry finds a rebuilt shard complete."""
+  skipped = sum(name in before and before[name] == after.get(name) for name in names)
+  rebuilt = sorted(name for name in names
+                   if name in before and name in after and before[name] != after[name])
+  return skipped, rebuilt
 
 
 @dataclasses.dataclass
@@ -701,7 +712,8 @@ def prepare(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetti
 
 def finish(output_dir: str, settings: BuildSettings, plan: BuildPlan, *, entries_this_run: int,
            videos_decoded: int, seconds: float, skipped_shards: int,
-           rebuilt_shards: int, rebuilt_names: Sequence[str] = ()) -> BuildReport:
+           rebuilt_shards: int, rebuilt_names: Sequence[str] = (),
+           writer_busy: Optional[float] = None) -> BuildReport:
   """Writes dataset_info.json and failures.csv from every complete shard's summary."""
   summaries = _load_summaries(output_dir)
   _write_json(storage.join(output_dir, schema.DATASET_INFO_FILE),
@@ -716,7 +728,8 @@ def finish(output_dir: str, settings: BuildSettings, plan: BuildPlan, *, entries
       seconds=seconds,
       skipped_shards=skipped_shards,
       rebuilt_shards=rebuilt_shards,
-      rebuilt_names=list(rebuilt_names))
+      rebuilt_names=list(rebuilt_names),
+      writer_busy=writer_busy)
 
 
 def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSettings, *,
@@ -773,12 +786,10 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetting
     finally:
       decoder.close()
       bar.close()
-  report = finish(output_dir, settings, plan, entries_this_run=len(entries),
-                  videos_decoded=decoded, seconds=time.monotonic() - start,
-                  skipped_shards=len(plan.shards) - len(todo), rebuilt_shards=len(rebuilt),
-                  rebuilt_names=rebuilt)
-  report.writer_busy = writer_busy
-  return report
+  return finish(output_dir, settings, plan, entries_this_run=len(entries),
+                videos_decoded=decoded, seconds=time.monotonic() - start,
+                skipped_shards=len(plan.shards) - len(todo), rebuilt_shards=len(rebuilt),
+                rebuilt_names=rebuilt, writer_busy=writer_busy)
 
 
 def dry_run(entries: Sequence[VideoEntry], settings: BuildSettings, *, num_workers: int,

@@ -1,6 +1,7 @@
 """The dataset builder end to end: real videos in, TFRecord shards out."""
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -210,13 +211,49 @@ def test_label_map_is_reused_across_splits(dataset, built, tmp_path):
     _build(val_only, tmp_path / "bad", label_map=["abseiling"])
 
 
-def test_rebuilt_since_names_the_shards_written_again_from_other_videos():
-  summary = lambda name, inputs: builder.ShardSummary(name=name, split="s", inputs=inputs)
-  after = {"s": [summary("a", "x"), summary("b", "y2"), summary("c", "z"), summary("d", "w")]}
-  # a: unchanged; b: other videos; c: new (not complete before); d: written before
-  # fingerprints existed; e: not in this build's summaries.
+def test_a_rebuild_killed_before_its_rename_is_rebuilt_again(tmp_path, monkeypatch):
+  paths = [write_video(str(tmp_path / f"v{i}.mp4"), [coded_frame(j) for j in range(3)])
+           for i in range(2)]
+  entries = [annotations.VideoEntry(split="train", key=f"k{i}", path=p, relative_path=p,
+                                    label="a") for i, p in enumerate(paths)]
+  out = tmp_path / "out"
+  _build(entries, out, num_shards=1, num_workers=0)
+  write_video(paths[1], [coded_frame(j) for j in range(5)])
+  rename = builder.storage.rename
+
+  def killed_at_the_shard(source, target, overwrite=False):
+    if target.endswith(".tfrecord"):
+      raise OSError("killed")
+    rename(source, target, overwrite)
+
+  monkeypatch.setattr(builder.storage, "rename", killed_at_the_shard)
+  with pytest.raises(OSError, match="killed"):
+    _build(entries, out, num_shards=1, num_workers=0)
+  monkeypatch.undo()
+  # The old shard must not pass for the new videos' one (summary saved before the rename).
+  shard, = builder.read_plan(str(out), "train")
+  assert builder.shard_state(str(out), shard)[0] == builder.CHANGED
+  assert _build(entries, out, num_shards=1, num_workers=0).rebuilt_names == [shard.name]
+  _build(entries, tmp_path / "fresh", num_shards=1, num_workers=0)
+  assert (out / shard.name).read_bytes() == (tmp_path / "fresh" / shard.name).read_bytes()
+
+
+def test_shard_outcomes_from_the_summaries_before_and_after():
+  # a: unchanged; b: other videos; c: new; d: written before fingerprints existed; e: not in
+  # this build; f: in this build, still not complete (a failed run).
   before = {"a": "x", "b": "y1", "d": "", "e": "q"}
-  assert builder.rebuilt_since(before, after) == ["b", "d"]
+  after = {"a": "x", "b": "y2", "c": "z", "d": "w", "e": "q"}
+  assert builder.shard_outcomes(before, after, ["a", "b", "c", "d", "f"]) == (1, ["b", "d"])
+
+
+def test_a_summary_without_a_fingerprint_reads_as_written_before_them(tmp_path):
+  summary = builder.ShardSummary(name="train-00000-of-00001.tfrecord", split="train", videos=1)
+  legacy = {k: v for k, v in dataclasses.asdict(summary).items() if k != "inputs"}
+  os.makedirs(tmp_path / builder.STATE_DIR)
+  (tmp_path / builder.STATE_DIR / (summary.name + ".json")).write_text(json.dumps(legacy))
+  assert builder.complete_shards(str(tmp_path)) == {}   # no shard file: not complete
+  (tmp_path / summary.name).write_bytes(b"")
+  assert builder.complete_shards(str(tmp_path)) == {summary.name: ""}
 
 
 def test_label_map_comes_from_training_labels_only():
@@ -356,8 +393,8 @@ def test_writer_busy_tells_who_set_the_pace(tmp_path):
     finally:
       decoder.close()
 
-  # Decodes that take no time and a writer that takes 0.1 s a video: the writer sets the pace.
-  assert busy(worker_tasks.record_start, 2, 0.1) > 0.8
+  # Decodes that take no time and a writer that takes 0.15 s a video: the writer sets the pace.
+  assert busy(worker_tasks.record_start, 2, 0.15) > 0.75
   # One worker taking 0.2 s a video and a writer that takes none: it waits most of the time.
   assert busy(worker_tasks.nap, 1, 0.0) < 0.3
   # In this process there is nothing to wait for.
@@ -365,6 +402,23 @@ def test_writer_busy_tells_who_set_the_pace(tmp_path):
                                task=worker_tasks.nap)
   assert [e.key for e, _ in in_process.decode_in_order(entries[:1])] == ["k0"]
   assert in_process.writer_busy() is None
+
+
+def test_cli_summary_says_when_the_writer_set_the_pace():
+  # _print_summary on made-up reports, in a process of its own (the CLI defines absl flags).
+  script = (
+      "import types\n"
+      "from dataset_tools import build_tfrecords as cli\n"
+      "for busy, videos in ((0.95, 50), (0.95, 49), (0.85, 500), (None, 500)):\n"
+      "  cli._print_summary(types.SimpleNamespace(\n"
+      "      summaries={}, counters={}, skipped_shards=0, rebuilt_shards=0, rebuilt_names=[],\n"
+      "      videos_decoded=videos, seconds=1.0, writer_busy=busy), 'out')\n"
+      "  print('@@')\n")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       cwd=REPO, timeout=120, check=True).stdout
+  said = ["the writer was busy" in part for part in out.split("@@")[:4]]
+  assert said == [True, False, False, False]
+  assert "the writer was busy 95% of the time: it set the pace" in out
 
 
 def _cli(*args, **kwargs):
