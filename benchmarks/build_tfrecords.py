@@ -297,7 +297,8 @@ def run_beam(paths: list, out_dir: str, num_workers: int) -> tuple:
   report = beam_runner.build(entries, out_dir, builder.BuildSettings(FPS, SHORT_SIDE, QUALITY),
                              num_shards=2 * num_workers, num_decoders=1, timeout_s=600,
                              label_map=None, overwrite=True,
-                             options=beam_options.pipeline_options("", num_workers))
+                             options=beam_options.pipeline_options("", num_workers),
+                             progress=False)
   shards = report.summaries["train"]
   return sum(s.frames for s in shards), sum(s.bytes for s in shards)
 

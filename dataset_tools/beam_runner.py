@@ -13,14 +13,18 @@ Apache Beam is an optional dependency (`pip install -e '.[beam]'`): only this mo
 """
 
 import logging
+import sys
+import threading
 import time
-from typing import Dict, Optional, Sequence
+from typing import Collection, Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+import tqdm
 
+from cvrl_tf import storage
 from dataset_tools import beam_options
 from dataset_tools import builder
 from dataset_tools.annotations import VideoEntry
@@ -106,6 +110,65 @@ def _count_video(result) -> None:
     Metrics.counter(NAMESPACE, "frames").inc(result.frames)
 
 
+def shards_written(output_dir: str, names: Collection[str]) -> int:
+  """How many of the shards `names` have a summary in `output_dir`: one listing, cheap on gs://
+  (a summary is saved once its shard is in place)."""
+  pattern = storage.join(output_dir, builder.STATE_DIR, "*.tfrecord.json")
+  return len({storage.basename(path)[:-len(".json")] for path in storage.glob(pattern)} &
+             set(names))
+
+
+class ShardProgress:
+  """A progress bar of the shards a pipeline writes, from the driver: a thread lists the output
+  folder's summaries every `interval_s` (any runner: the driver sees gs:// as the workers do).
+
+  It counts the shards that had no summary before the run; shards written before and rebuilt
+  are counted in the summary at the end. Errors while listing are ignored (progress only).
+  """
+
+  def __init__(self, output_dir: str, names: Collection[str], enabled: bool,
+               interval_s: Optional[float] = None):
+    self._output_dir = output_dir
+    self._names = set(names)
+    interactive = sys.stderr.isatty()
+    # A log file gets a line now and then.
+    self._interval_s = interval_s or (2.0 if interactive else 30.0)
+    self._bar = tqdm.tqdm(total=len(self._names), unit="shard", desc="building (Beam)",
+                          disable=not enabled or not self._names, dynamic_ncols=True,
+                          mininterval=0.2 if interactive else self._interval_s)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._poll, daemon=True)
+
+  @property
+  def done(self) -> int:
+    """The shards counted so far."""
+    return self._bar.n
+
+  def _update(self) -> None:
+    try:
+      done = shards_written(self._output_dir, self._names)
+    except Exception:  # a listing that fails (a network blip) costs one update, not the build
+      return
+    self._bar.update(done - self._bar.n)
+
+  def _poll(self) -> None:
+    while not self._stop.wait(self._interval_s):
+      self._update()
+
+  def __enter__(self):
+    if not self._bar.disable:
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    if self._thread.is_alive():
+      self._thread.join()
+    if not self._bar.disable:
+      self._update()
+    self._bar.close()
+
+
 def counters(result) -> Dict[str, int]:
   """The pipeline's counters of this module, by name (committed values)."""
   found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
@@ -118,12 +181,13 @@ def counters(result) -> Dict[str, int]:
 def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.BuildSettings, *,
           num_shards: Optional[int], num_decoders: int, timeout_s: Optional[float],
           label_map: Optional[Sequence[str]], overwrite: bool,
-          options: PipelineOptions) -> builder.BuildReport:
+          options: PipelineOptions, progress: bool = True) -> builder.BuildReport:
   """`builder.build` as a Beam pipeline run with `options` (beam_options.pipeline_options).
 
   Args:
     num_decoders: decoding processes per DoFn instance (1: one video at a time, killed after
       `timeout_s`); 0 decodes in the Beam worker (no timeout; ram:// inputs).
+    progress: show a progress bar of the shards written (ShardProgress) on stderr.
     The others as in builder.build.
 
   Returns:
@@ -147,8 +211,10 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
        | "spread" >> beam.Reshuffle()
        | "build" >> beam.ParDo(BuildShard(output_dir, settings, plan.label_index, num_decoders,
                                           timeout_s)))
-  result = pipeline.run()
-  result.wait_until_finish()
+  with ShardProgress(output_dir, [s.name for s in plan.shards if s.name not in before],
+                     enabled=progress):
+    result = pipeline.run()
+    result.wait_until_finish()
   totals = counters(result)
   skipped, rebuilt = builder.shard_outcomes(before, builder.complete_shards(output_dir),
                                             [s.name for s in plan.shards])

@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -157,6 +158,32 @@ def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path, caplog):
   assert (report.rebuilt_shards, report.skipped_shards, report.videos_decoded) == (
       1, 3, len(shard.entries))
   assert report.rebuilt_names == [shard.name]
+
+
+def test_shard_progress_counts_the_summaries_as_they_appear(tmp_path):
+  state = tmp_path / builder.STATE_DIR
+  os.makedirs(state)
+  (state / "old.tfrecord.json").write_text("{}")       # before the run: not counted
+  names = ["a.tfrecord", "b.tfrecord"]
+  assert beam_runner.shards_written(str(tmp_path), names) == 0
+
+  def seen(progress, n):
+    deadline = time.monotonic() + 30
+    while progress.done != n and time.monotonic() < deadline:
+      time.sleep(0.01)
+    return progress.done
+
+  with beam_runner.ShardProgress(str(tmp_path), names, enabled=True, interval_s=0.02) as progress:
+    (state / "a.tfrecord.json").write_text("{}")
+    (state / ".b.tfrecord.json.123.0badf00d.tmp").write_text("{}")   # being written
+    assert seen(progress, 1) == 1
+    (state / "b.tfrecord.json").write_text("{}")
+    assert seen(progress, 2) == 2
+  assert beam_runner.shards_written(str(tmp_path), names + ["old.tfrecord"]) == 3
+  # Disabled (or nothing to build): no thread, no listing.
+  with beam_runner.ShardProgress(str(tmp_path), names, enabled=False) as progress:
+    pass
+  assert progress.done == 0
 
 
 def test_ram_inputs_and_outputs_leave_nothing_on_local_disk(tmp_path, monkeypatch):
