@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Collection, Dict, Optional, Sequence
+from typing import Collection, Dict, Optional, Sequence, Set
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
@@ -110,44 +110,44 @@ def _count_video(result) -> None:
     Metrics.counter(NAMESPACE, "frames").inc(result.frames)
 
 
-def shards_written(output_dir: str, names: Collection[str]) -> int:
-  """How many of the shards `names` have a summary in `output_dir`: one listing, cheap on gs://
-  (a summary is saved once its shard is in place)."""
+def summarised_shards(output_dir: str) -> Set[str]:
+  """Names of the shards that have a summary in `output_dir`: one listing, cheap on gs:// (a
+  summary is saved once its shard is in place)."""
   pattern = storage.join(output_dir, builder.STATE_DIR, "*.tfrecord.json")
-  return len({storage.basename(path)[:-len(".json")] for path in storage.glob(pattern)} &
-             set(names))
+  return {storage.basename(path)[:-len(".json")] for path in storage.glob(pattern)}
 
 
 class ShardProgress:
   """A progress bar of the shards a pipeline writes, from the driver: a thread lists the output
   folder's summaries every `interval_s` (any runner: the driver sees gs:// as the workers do).
 
-  It counts the shards that had no summary before the run; shards written before and rebuilt
-  are counted in the summary at the end. Errors while listing are ignored (progress only).
+  Of `names`, it counts the shards that had no summary when it started: a listing cannot tell a
+  rewritten summary from an old one, so shards rebuilt over earlier ones are left to the
+  summary at the end. A listing that fails costs one update, never the build.
   """
 
   def __init__(self, output_dir: str, names: Collection[str], enabled: bool,
                interval_s: Optional[float] = None):
     self._output_dir = output_dir
     self._names = set(names)
-    interactive = sys.stderr.isatty()
-    # A log file gets a line now and then.
-    self._interval_s = interval_s or (2.0 if interactive else 30.0)
-    self._bar = tqdm.tqdm(total=len(self._names), unit="shard", desc="building (Beam)",
-                          disable=not enabled or not self._names, dynamic_ncols=True,
-                          mininterval=0.2 if interactive else self._interval_s)
+    self._enabled = enabled
+    self._interactive = sys.stderr.isatty()
+    # Into a log file (CI, nohup) every redraw is kept: few of them.
+    self._interval_s = interval_s or (2.0 if self._interactive else 30.0)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._poll, daemon=True)
+    self._bar = None
 
   @property
   def done(self) -> int:
     """The shards counted so far."""
-    return self._bar.n
+    return self._bar.n if self._bar is not None else 0
 
   def _update(self) -> None:
     try:
-      done = shards_written(self._output_dir, self._names)
-    except Exception:  # a listing that fails (a network blip) costs one update, not the build
+      done = len(summarised_shards(self._output_dir) & self._names)
+    except Exception as e:  # progress only: a network blip must not stop the build
+      _log.debug("listing %s for progress failed: %s", self._output_dir, e)
       return
     self._bar.update(done - self._bar.n)
 
@@ -156,17 +156,32 @@ class ShardProgress:
       self._update()
 
   def __enter__(self):
-    if not self._bar.disable:
+    if not self._enabled or not self._names:
+      return self
+    try:
+      self._names -= summarised_shards(self._output_dir)
+    except Exception as e:  # then shards rebuilt over an old summary count from the start
+      _log.debug("listing %s for progress failed: %s", self._output_dir, e)
+    if self._names:
+      # miniters=1: the poll interval sets the pace of redraws, not tqdm's estimate of it.
+      self._bar = tqdm.tqdm(total=len(self._names), unit="shard", desc="building (Beam)",
+                            dynamic_ncols=True, miniters=1,
+                            mininterval=0.2 if self._interactive else self._interval_s)
       self._thread.start()
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *_):
+    if self._bar is None:
+      return
     self._stop.set()
-    if self._thread.is_alive():
-      self._thread.join()
-    if not self._bar.disable:
-      self._update()
-    self._bar.close()
+    try:
+      # After a failure, a listing in flight is not worth waiting for (on a failing network
+      # GCS retries for minutes; the thread is a daemon); after success, it is one listing.
+      self._thread.join(timeout=None if exc_type is None else 0)
+      if exc_type is None:
+        self._update()
+    finally:
+      self._bar.close()
 
 
 def counters(result) -> Dict[str, int]:
@@ -211,8 +226,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
        | "spread" >> beam.Reshuffle()
        | "build" >> beam.ParDo(BuildShard(output_dir, settings, plan.label_index, num_decoders,
                                           timeout_s)))
-  with ShardProgress(output_dir, [s.name for s in plan.shards if s.name not in before],
-                     enabled=progress):
+  with ShardProgress(output_dir, [s.name for s in plan.shards], enabled=progress):
     result = pipeline.run()
     result.wait_until_finish()
   totals = counters(result)

@@ -163,9 +163,11 @@ def test_a_changed_video_rebuilds_exactly_its_shard(tmp_path, caplog):
 def test_shard_progress_counts_the_summaries_as_they_appear(tmp_path):
   state = tmp_path / builder.STATE_DIR
   os.makedirs(state)
-  (state / "old.tfrecord.json").write_text("{}")       # before the run: not counted
-  names = ["a.tfrecord", "b.tfrecord"]
-  assert beam_runner.shards_written(str(tmp_path), names) == 0
+  # "old" had a summary when the bar started (a complete shard, or one whose file was deleted):
+  # a listing cannot tell when it is rewritten, so it is not on the bar.
+  (state / "old.tfrecord.json").write_text("{}")
+  (state / "other_split.tfrecord.json").write_text("{}")
+  names = ["a.tfrecord", "b.tfrecord", "old.tfrecord"]
 
   def seen(progress, n):
     deadline = time.monotonic() + 30
@@ -175,15 +177,19 @@ def test_shard_progress_counts_the_summaries_as_they_appear(tmp_path):
 
   with beam_runner.ShardProgress(str(tmp_path), names, enabled=True, interval_s=0.02) as progress:
     (state / "a.tfrecord.json").write_text("{}")
-    (state / ".b.tfrecord.json.123.0badf00d.tmp").write_text("{}")   # being written
     assert seen(progress, 1) == 1
+    assert progress._bar.total == 2
+  # The last one, written between two listings, is counted on the way out.
+  with beam_runner.ShardProgress(str(tmp_path), names, enabled=True, interval_s=3600) as progress:
     (state / "b.tfrecord.json").write_text("{}")
-    assert seen(progress, 2) == 2
-  assert beam_runner.shards_written(str(tmp_path), names + ["old.tfrecord"]) == 3
-  # Disabled (or nothing to build): no thread, no listing.
-  with beam_runner.ShardProgress(str(tmp_path), names, enabled=False) as progress:
-    pass
-  assert progress.done == 0
+    assert progress.done == 0
+  assert progress.done == 1 and progress._bar.total == 1
+  assert beam_runner.summarised_shards(str(tmp_path)) == {
+      "a.tfrecord", "b.tfrecord", "old.tfrecord", "other_split.tfrecord"}
+  # Disabled, or nothing left to write: no bar, no thread.
+  for enabled, todo in ((False, ["c.tfrecord"]), (True, names)):
+    with beam_runner.ShardProgress(str(tmp_path), todo, enabled=enabled) as progress:
+      assert progress._bar is None and not progress._thread.is_alive()
 
 
 def test_ram_inputs_and_outputs_leave_nothing_on_local_disk(tmp_path, monkeypatch):
