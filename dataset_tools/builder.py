@@ -11,7 +11,8 @@
    summary (counts, failures, a fingerprint of its videos) is saved under `.build_state/`. A
    re-run skips every shard whose file and summary exist and whose videos are unchanged (same
    paths, sizes, modification times), rebuilds the shards whose videos changed, and says so; a
-   killed run leaves at worst a temporary file, rebuilt next time.
+   killed run leaves at worst a temporary file, or a shard without its new summary: either is
+   rebuilt next time.
 
 Two runners share every step but the scheduling: `build` here (a worker pool on this machine)
 and `beam_runner.build` (an Apache Beam pipeline, one shard per DoFn call). Both call `prepare`,
