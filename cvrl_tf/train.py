@@ -114,7 +114,8 @@ def main(argv):
   # TF 2.21 turns oneDNN on by itself only on CPUs with AVX-512 VNNI-class features, not on AVX2
   # ones (the AMD EPYC machines the recipes were measured on); on, the training step is 1.2-1.3x
   # and the input pipeline's blur 11x faster there (benchmarks/RESULTS.md). But oneDNN's kernels
-  # are not covered by TF's op determinism: a killed and resumed train.deterministic run came out 1e-4 away from an uninterrupted one.
+  # are not covered by TF's op determinism: a killed and resumed train.deterministic run came out
+  # 1e-4 away from an uninterrupted one.
   # So: on, unless the run is deterministic (see below). It must be set before TensorFlow is
   # imported; an explicit TF_ENABLE_ONEDNN_OPTS is always obeyed.
   chose_onednn = "TF_ENABLE_ONEDNN_OPTS" not in os.environ

@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Collection, Dict, Optional, Sequence, Set
+from typing import Collection, Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
@@ -24,7 +24,6 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 import tqdm
 
-from cvrl_tf import storage
 from dataset_tools import beam_options
 from dataset_tools import builder
 from dataset_tools.annotations import VideoEntry
@@ -110,13 +109,6 @@ def _count_video(result) -> None:
     Metrics.counter(NAMESPACE, "frames").inc(result.frames)
 
 
-def summarised_shards(output_dir: str) -> Set[str]:
-  """Names of the shards that have a summary in `output_dir`: one listing, cheap on gs:// (a
-  summary is saved once its shard is in place)."""
-  pattern = storage.join(output_dir, builder.STATE_DIR, "*.tfrecord.json")
-  return {storage.basename(path)[:-len(".json")] for path in storage.glob(pattern)}
-
-
 class ShardProgress:
   """A progress bar of the shards a pipeline writes, from the driver: a thread lists the output
   folder's summaries every `interval_s` (any runner: the driver sees gs:// as the workers do).
@@ -145,7 +137,7 @@ class ShardProgress:
 
   def _update(self) -> None:
     try:
-      done = len(summarised_shards(self._output_dir) & self._names)
+      done = len(builder.summarised_shards(self._output_dir) & self._names)
     except Exception as e:  # progress only: a network blip must not stop the build
       _log.debug("listing %s for progress failed: %s", self._output_dir, e)
       return
@@ -159,7 +151,7 @@ class ShardProgress:
     if not self._enabled or not self._names:
       return self
     try:
-      self._names -= summarised_shards(self._output_dir)
+      self._names -= builder.summarised_shards(self._output_dir)
     except Exception as e:  # then shards rebuilt over an old summary count from the start
       _log.debug("listing %s for progress failed: %s", self._output_dir, e)
     if self._names:
@@ -217,7 +209,7 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
   _check_in_memory_paths(entries, output_dir, num_decoders, options)
   plan = builder.prepare(entries, output_dir, settings, num_shards=num_shards,
                          label_map=label_map, overwrite=overwrite)
-  before = builder.complete_shards(output_dir)
+  before = builder.written_from(builder.load_summaries(output_dir))
   start = time.monotonic()
   pipeline = beam.Pipeline(options=options)
   _ = (pipeline
@@ -230,11 +222,13 @@ def build(entries: Sequence[VideoEntry], output_dir: str, settings: builder.Buil
     result = pipeline.run()
     result.wait_until_finish()
   totals = counters(result)
-  skipped, rebuilt = builder.shard_outcomes(before, builder.complete_shards(output_dir),
+  summaries = builder.load_summaries(output_dir)
+  skipped, rebuilt = builder.shard_outcomes(before, builder.written_from(summaries),
                                             [s.name for s in plan.shards])
   report = builder.finish(output_dir, settings, plan, entries_this_run=len(entries),
                           videos_decoded=totals.get("videos_processed", 0),
                           seconds=time.monotonic() - start, skipped_shards=skipped,
-                          rebuilt_shards=len(rebuilt), rebuilt_names=rebuilt)
+                          rebuilt_shards=len(rebuilt), rebuilt_names=rebuilt,
+                          summaries=summaries)
   report.counters = totals
   return report

@@ -37,7 +37,7 @@ import random
 import re
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import pebble
 import tensorflow as tf
@@ -586,17 +586,31 @@ def failures_csv(summaries: Dict[str, List[ShardSummary]]) -> str:
   return buffer.getvalue()
 
 
+def _summary_paths(output_dir: str) -> List[str]:
+  """The shards' summaries under `output_dir`: one listing."""
+  return storage.glob(_state_path(output_dir, "*.tfrecord.json"))
+
+
+def _shard_of(summary_path: str) -> str:
+  return storage.basename(summary_path)[:-len(".json")]
+
+
+def summarised_shards(output_dir: str) -> Set[str]:
+  """Names of the shards that have a summary in `output_dir`: one listing, cheap on gs:// (a
+  summary is saved once its shard is in place)."""
+  return {_shard_of(path) for path in _summary_paths(output_dir)}
+
+
 def _complete_summary(output_dir: str, path: str) -> Optional[ShardSummary]:
   """The summary at `path` if its shard is in `output_dir`, else None."""
-  name = storage.basename(path)[:-len(".json")]
-  if not storage.exists(storage.join(output_dir, name)):
+  if not storage.exists(storage.join(output_dir, _shard_of(path))):
     return None
   return ShardSummary(**storage.read_json(path))
 
 
-def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
+def load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
   """Summaries of every complete shard in `output_dir`, all splits (earlier runs included)."""
-  paths = storage.glob(_state_path(output_dir, "*.tfrecord.json"))
+  paths = _summary_paths(output_dir)
   # Threads, as for input_fingerprint: on gs:// each read is a round trip, and Kinetics has
   # thousands of shards.
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -608,15 +622,15 @@ def _load_summaries(output_dir: str) -> Dict[str, List[ShardSummary]]:
   return by_split
 
 
-def complete_shards(output_dir: str) -> Dict[str, str]:
-  """{shard name: input_fingerprint it was written from} of every complete shard in `output_dir`
-  ("" for a shard written before fingerprints)."""
-  return {s.name: s.inputs for shards in _load_summaries(output_dir).values() for s in shards}
+def written_from(summaries: Dict[str, List[ShardSummary]]) -> Dict[str, str]:
+  """{shard name: input_fingerprint it was written from} of `summaries` (load_summaries; ""
+  for a shard written before fingerprints)."""
+  return {s.name: s.inputs for shards in summaries.values() for s in shards}
 
 
 def shard_outcomes(before: Dict[str, str], after: Dict[str, str],
                    names: Sequence[str]) -> Tuple[int, List[str]]:
-  """(skipped, rebuilt names) among the shards `names`, from complete_shards before and after a
+  """(skipped, rebuilt names) among the shards `names`, from written_from before and after a
   run: skipped were complete and kept their videos, rebuilt were complete and were written
   again from other ones. Taken from the files, not from a runner's counters: Beam counts the
   work of a retried shard once it succeeds, and a retry finds a rebuilt shard complete."""
@@ -714,9 +728,12 @@ def prepare(entries: Sequence[VideoEntry], output_dir: str, settings: BuildSetti
 def finish(output_dir: str, settings: BuildSettings, plan: BuildPlan, *, entries_this_run: int,
            videos_decoded: int, seconds: float, skipped_shards: int,
            rebuilt_shards: int, rebuilt_names: Sequence[str] = (),
-           writer_busy: Optional[float] = None) -> BuildReport:
-  """Writes dataset_info.json and failures.csv from every complete shard's summary."""
-  summaries = _load_summaries(output_dir)
+           writer_busy: Optional[float] = None,
+           summaries: Optional[Dict[str, List[ShardSummary]]] = None) -> BuildReport:
+  """Writes dataset_info.json and failures.csv from every complete shard's summary
+  (`summaries`: load_summaries(output_dir) when the caller has just read them)."""
+  if summaries is None:
+    summaries = load_summaries(output_dir)
   _write_json(storage.join(output_dir, schema.DATASET_INFO_FILE),
               dataset_info(settings, plan.labels, summaries))
   storage.atomic_write_text(storage.join(output_dir, schema.FAILURES_FILE), failures_csv(summaries))

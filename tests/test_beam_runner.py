@@ -184,7 +184,7 @@ def test_shard_progress_counts_the_summaries_as_they_appear(tmp_path):
     (state / "b.tfrecord.json").write_text("{}")
     assert progress.done == 0
   assert progress.done == 1 and progress._bar.total == 1
-  assert beam_runner.summarised_shards(str(tmp_path)) == {
+  assert builder.summarised_shards(str(tmp_path)) == {
       "a.tfrecord", "b.tfrecord", "old.tfrecord", "other_split.tfrecord"}
   # Disabled, or nothing left to write: no bar, no thread.
   for enabled, todo in ((False, ["c.tfrecord"]), (True, names)):
